@@ -1,0 +1,61 @@
+"""The one in-memory shape every reader produces (DESIGN.md §5.4).
+
+- corpus: ``{pid: {"title": str, "text": str}}``
+- queries: ``{qid: text}`` per split
+- qrels: ``{qid: {pid: grade}}`` per split
+- answers: ``{qid: [answer strings]}`` per split (empty when the data set has none)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Corpus = dict[str, dict[str, str]]
+Queries = dict[str, str]
+Qrels = dict[str, dict[str, int]]
+Answers = dict[str, list[str]]
+
+
+@dataclass
+class Split:
+    """Questions of one split with their relevance judgements and (optional) answer strings."""
+
+    queries: Queries
+    qrels: Qrels
+    answers: Answers = field(default_factory=dict)
+    # Training-only extras (DPR biencoder files): {qid: [pid, ...]}.
+    hard_negatives: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Dataset:
+    """A retrieval data set: one corpus searched by every split."""
+
+    name: str
+    corpus: Corpus
+    splits: dict[str, Split]
+    source: str = ""
+
+    def split(self, name: str) -> Split:
+        from onmkd.errors import DataError
+
+        if name not in self.splits:
+            have = ", ".join(sorted(self.splits)) or "none"
+            raise DataError(f"{self.source or self.name}: no split {name!r} (splits: {have})")
+        return self.splits[name]
+
+    def info(self) -> dict[str, object]:
+        """Counts per split: questions, qrels, questions with answers; passages in the corpus."""
+        out: dict[str, object] = {"dataset": self.name, "passages": len(self.corpus)}
+        for name, s in self.splits.items():
+            out[f"{name}.questions"] = len(s.queries)
+            out[f"{name}.qrels"] = sum(len(v) for v in s.qrels.values())
+            out[f"{name}.with_answers"] = sum(1 for q in s.queries if s.answers.get(q))
+        return out
+
+
+def passage_text(doc: dict[str, str]) -> str:
+    """Text a passage is encoded and indexed as: ``title + " " + text`` (BEIR's convention)."""
+    title = doc.get("title", "").strip()
+    text = doc.get("text", "").strip()
+    return f"{title} {text}" if title else text
