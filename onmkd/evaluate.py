@@ -1,0 +1,164 @@
+"""Encode -> index -> search -> metrics, for a dense encoder or BM25, with a run directory.
+
+``evaluate(...)`` returns flat metrics (``acc@20``, ``recall@100``, ``mrr@10``, ``ms_per_query``,
+``index_mb`` …) and writes ``config.json``, ``metrics.json`` and ``run.trec`` when given a
+run directory. The primary metric is ``acc@20`` where answers exist, else ``ndcg@10``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from onmkd import __version__
+from onmkd.data import Dataset, passage_text
+from onmkd.errors import ConfigError
+from onmkd.index import IndexSpec, build_index, index_bytes, search
+from onmkd.io import atomic_path, cache_dir, write_json
+from onmkd.metrics import answer_accuracy, qrels_metrics, rank, write_trec_run
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a model is evaluated. Defaults follow sentence-transformers' MiniLM setup."""
+
+    model: str
+    dataset: str
+    split: str = "test"
+    q_max_len: int = 64  # question tokens kept
+    p_max_len: int = 256  # passage tokens kept (the MiniLM/MPNet training length)
+    batch_size: int = 64  # encoding batch
+    top_k: int = 100  # passages retrieved per question (the deepest cut-off reported)
+    index: IndexSpec = field(default_factory=IndexSpec)
+    cache: bool = True  # reuse encoded corpora by (model, corpus, length) fingerprint
+
+    def __post_init__(self) -> None:
+        for name in ("q_max_len", "p_max_len", "batch_size", "top_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be a positive integer, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def primary_metric(metrics: dict[str, float]) -> str:
+    return "acc@20" if "acc@20" in metrics else "ndcg@10"
+
+
+def _corpus_hash(pids: list[str], texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for pid, text in zip(pids, texts):
+        h.update(pid.encode())
+        h.update(b"\0")
+        h.update(text.encode())
+        h.update(b"\1")
+    return h.hexdigest()[:32]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def encode_corpus(encoder, pids: list[str], texts: list[str], cfg: EvalConfig) -> tuple[np.ndarray, bool]:
+    """Passage vectors, from the cache when this (model, corpus, length) was encoded before.
+
+    Returns ``(vectors, from_cache)``. Cached arrays are checksummed and verified on load.
+    """
+    key = hashlib.sha256(f"{encoder.fingerprint()}|{_corpus_hash(pids, texts)}|{cfg.p_max_len}".encode()).hexdigest()[:40]
+    folder = cache_dir() / "embeddings"
+    data, meta = folder / f"{key}.npy", folder / f"{key}.json"
+    if cfg.cache and data.exists() and meta.exists():
+        try:
+            info = json.loads(meta.read_text())
+            if info.get("sha256") == _file_sha256(data):
+                return np.load(data, allow_pickle=False), True
+        except (OSError, ValueError):
+            pass  # damaged entry: encode again and overwrite it
+    vecs = encoder.encode(texts, max_length=cfg.p_max_len, batch_size=cfg.batch_size, progress=True, desc="passages")
+    if cfg.cache:
+        with atomic_path(data) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, vecs, allow_pickle=False)
+        write_json(meta, {"model": cfg.model, "dataset": cfg.dataset, "passages": len(pids),
+                          "p_max_len": cfg.p_max_len, "sha256": _file_sha256(data)})
+    return vecs, False
+
+
+def retrieve(cfg: EvalConfig, data: Dataset, encoder=None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Search the whole corpus for every question of ``cfg.split``.
+
+    Returns the run ``{qid: {pid: score}}`` (top ``cfg.top_k``) and efficiency measurements.
+    """
+    split = data.split(cfg.split)
+    pids = list(data.corpus)
+    texts = [passage_text(data.corpus[p]) for p in pids]
+    qids = list(split.queries)
+    questions = [split.queries[q] for q in qids]
+    stats: dict[str, float] = {}
+    if cfg.model == "bm25":
+        from onmkd.bm25 import BM25
+
+        t0 = time.perf_counter()
+        bm25 = BM25().index(texts)
+        stats["index_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scores, rows = bm25.search(questions, cfg.top_k)
+        stats["ms_per_query"] = 1000 * (time.perf_counter() - t0) / max(1, len(qids))
+    else:
+        from onmkd.models import Encoder
+
+        encoder = encoder or Encoder.load(cfg.model)
+        t0 = time.perf_counter()
+        pvecs, cached = encode_corpus(encoder, pids, texts, cfg)
+        if not cached:
+            stats["corpus_encode_s"] = time.perf_counter() - t0
+            stats["passages_per_s"] = len(pids) / stats["corpus_encode_s"]
+        t0 = time.perf_counter()
+        index = build_index(pvecs, cfg.index)
+        stats["index_s"] = time.perf_counter() - t0
+        stats["index_mb"] = index_bytes(index) / 2**20
+        stats["params_m"] = encoder.parameters_count() / 1e6
+        t0 = time.perf_counter()
+        qvecs = encoder.encode(questions, max_length=cfg.q_max_len, batch_size=cfg.batch_size, progress=True, desc="questions")
+        t1 = time.perf_counter()
+        scores, rows = search(index, qvecs, cfg.top_k)
+        t2 = time.perf_counter()
+        stats["ms_per_query"] = 1000 * (t2 - t0) / max(1, len(qids))
+        stats["search_ms_per_query"] = 1000 * (t2 - t1) / max(1, len(qids))
+    run: dict[str, dict[str, float]] = {}
+    for qid, srow, rrow in zip(qids, scores, rows):
+        # faiss pads with -1 when fewer than k hits; BM25 scores of 0 mean no query term matched.
+        keep = (rrow >= 0) & ((srow > 0) if cfg.model == "bm25" else True)
+        run[qid] = {pids[r]: float(s) for r, s in zip(rrow[keep], srow[keep])}
+    return run, stats
+
+
+def evaluate(cfg: EvalConfig, data: Dataset, out_dir: str | Path | None = None, encoder=None) -> dict[str, float]:
+    """Retrieve for ``cfg.split`` and compute answer accuracy, qrels metrics and efficiency.
+
+    With ``out_dir``: writes ``config.json``, ``run.trec`` and ``metrics.json`` (last) there.
+    """
+    split = data.split(cfg.split)
+    run, stats = retrieve(cfg, data, encoder)
+    ranked = rank(run)
+    metrics: dict[str, float] = {"questions": float(len(split.queries))}
+    passages = {pid: passage_text(doc) for pid, doc in data.corpus.items()}
+    metrics.update(answer_accuracy(ranked, passages, split.answers))
+    metrics.update(qrels_metrics(split.qrels, run))
+    metrics.update(stats)
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_json(out / "config.json", {"onmkd_version": __version__, "command": "evaluate", **cfg.to_dict(),
+                                         "dataset_source": data.source, "passages": len(data.corpus)})
+        write_trec_run(run, out / "run.trec", tag=cfg.model)
+        write_json(out / "metrics.json", {"primary": primary_metric(metrics), **metrics})
+    return metrics

