@@ -94,10 +94,38 @@ def encode_corpus(encoder, pids: list[str], texts: list[str], cfg: EvalConfig) -
     return vecs, False
 
 
-def retrieve(cfg: EvalConfig, data: Dataset, encoder=None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+def load_retriever(model: str):
+    """A :class:`~onmkd.peers.DualEncoder` for a registry name, checkpoint folder or training run directory."""
+    from onmkd.peers import DualEncoder
+
+    path = Path(model)
+    if (path / "student").is_dir():  # a training run: its selected student
+        return DualEncoder.load(path / "student")
+    if (path / "query").is_dir() and (path / "passage").is_dir():
+        return DualEncoder.load(path)
+    from onmkd.models import Encoder
+
+    return DualEncoder(Encoder.load(model))
+
+
+def dense_run(qvecs: np.ndarray, pvecs: np.ndarray, qids: list[str], pids: list[str], cfg: EvalConfig):
+    """Search ``pvecs`` with ``qvecs`` through the configured faiss index.
+
+    Returns the run ``{qid: {pid: score}}`` and ``(index_mb, search_ms_per_query)``.
+    """
+    index = build_index(pvecs, cfg.index)
+    t0 = time.perf_counter()
+    scores, rows = search(index, qvecs, cfg.top_k)
+    ms = 1000 * (time.perf_counter() - t0) / max(1, len(qids))
+    run = {q: {pids[r]: float(sc) for r, sc in zip(rr, ss) if r >= 0} for q, ss, rr in zip(qids, scores, rows)}
+    return run, (index_bytes(index) / 2**20, ms)
+
+
+def retrieve(cfg: EvalConfig, data: Dataset, retriever=None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Search the whole corpus for every question of ``cfg.split``.
 
     Returns the run ``{qid: {pid: score}}`` (top ``cfg.top_k``) and efficiency measurements.
+    ``retriever``: an already loaded :class:`~onmkd.peers.DualEncoder` (else ``cfg.model`` is loaded).
     """
     split = data.split(cfg.split)
     pids = list(data.corpus)
@@ -105,7 +133,7 @@ def retrieve(cfg: EvalConfig, data: Dataset, encoder=None) -> tuple[dict[str, di
     qids = list(split.queries)
     questions = [split.queries[q] for q in qids]
     stats: dict[str, float] = {}
-    if cfg.model == "bm25":
+    if cfg.model == "bm25" and retriever is None:
         from onmkd.bm25 import BM25
 
         t0 = time.perf_counter()
@@ -114,48 +142,44 @@ def retrieve(cfg: EvalConfig, data: Dataset, encoder=None) -> tuple[dict[str, di
         t0 = time.perf_counter()
         scores, rows = bm25.search(questions, cfg.top_k)
         stats["ms_per_query"] = 1000 * (time.perf_counter() - t0) / max(1, len(qids))
-    else:
-        from onmkd.models import Encoder
-
-        encoder = encoder or Encoder.load(cfg.model)
-        t0 = time.perf_counter()
-        pvecs, cached = encode_corpus(encoder, pids, texts, cfg)
-        if not cached:
-            stats["corpus_encode_s"] = time.perf_counter() - t0
-            stats["passages_per_s"] = len(pids) / stats["corpus_encode_s"]
-        t0 = time.perf_counter()
-        index = build_index(pvecs, cfg.index)
-        stats["index_s"] = time.perf_counter() - t0
-        stats["index_mb"] = index_bytes(index) / 2**20
-        stats["params_m"] = encoder.parameters_count() / 1e6
-        t0 = time.perf_counter()
-        qvecs = encoder.encode(questions, max_length=cfg.q_max_len, batch_size=cfg.batch_size, progress=True, desc="questions")
-        t1 = time.perf_counter()
-        scores, rows = search(index, qvecs, cfg.top_k)
-        t2 = time.perf_counter()
-        stats["ms_per_query"] = 1000 * (t2 - t0) / max(1, len(qids))
-        stats["search_ms_per_query"] = 1000 * (t2 - t1) / max(1, len(qids))
-    run: dict[str, dict[str, float]] = {}
-    for qid, srow, rrow in zip(qids, scores, rows):
-        # faiss pads with -1 when fewer than k hits; BM25 scores of 0 mean no query term matched.
-        keep = (rrow >= 0) & ((srow > 0) if cfg.model == "bm25" else True)
-        run[qid] = {pids[r]: float(s) for r, s in zip(rrow[keep], srow[keep])}
+        # BM25 scores of 0 mean that no question term matched: not retrieved.
+        run = {q: {pids[r]: float(sc) for r, sc in zip(rr, ss) if sc > 0} for q, ss, rr in zip(qids, scores, rows)}
+        return run, stats
+    dual = retriever or load_retriever(cfg.model)
+    t0 = time.perf_counter()
+    pvecs, cached = encode_corpus(dual.passage, pids, texts, cfg)
+    if not cached:
+        stats["corpus_encode_s"] = time.perf_counter() - t0
+        stats["passages_per_s"] = len(pids) / stats["corpus_encode_s"]
+    t0 = time.perf_counter()
+    qvecs = dual.question.encode(questions, max_length=cfg.q_max_len, batch_size=cfg.batch_size, progress=True, desc="questions")
+    encode_ms = 1000 * (time.perf_counter() - t0) / max(1, len(qids))
+    run, (stats["index_mb"], stats["search_ms_per_query"]) = dense_run(qvecs, pvecs, qids, pids, cfg)
+    stats["ms_per_query"] = encode_ms + stats["search_ms_per_query"]
+    stats["params_m"] = (dual.question.parameters_count() + (0 if dual.tied else dual.passage.parameters_count())) / 1e6
     return run, stats
 
 
-def evaluate(cfg: EvalConfig, data: Dataset, out_dir: str | Path | None = None, encoder=None) -> dict[str, float]:
+def score_run(run: dict[str, dict[str, float]], data: Dataset, split_name: str) -> dict[str, float]:
+    """Answer accuracy (where answers exist) and qrels metrics of a run over ``split_name``."""
+    split = data.split(split_name)
+    metrics: dict[str, float] = {"questions": float(len(split.queries))}
+    if split.answers:
+        # As in DPR, an answer counts only when it is in the passage text, not in its title.
+        passages = {pid: doc.get("text", "") for pid, doc in data.corpus.items()}
+        metrics.update(answer_accuracy(rank(run), passages, split.answers))
+    metrics.update(qrels_metrics(split.qrels, run))
+    return metrics
+
+
+def evaluate(cfg: EvalConfig, data: Dataset, out_dir: str | Path | None = None, retriever=None) -> dict[str, float]:
     """Retrieve for ``cfg.split`` and compute answer accuracy, qrels metrics and efficiency.
 
     With ``out_dir``: writes ``config.json``, ``run.trec`` and ``metrics.json`` (last) there.
     """
-    split = data.split(cfg.split)
-    run, stats = retrieve(cfg, data, encoder)
-    ranked = rank(run)
-    metrics: dict[str, float] = {"questions": float(len(split.queries))}
-    # As in DPR, an answer counts only when it is in the passage text, not in its title.
-    passages = {pid: doc.get("text", "") for pid, doc in data.corpus.items()}
-    metrics.update(answer_accuracy(ranked, passages, split.answers))
-    metrics.update(qrels_metrics(split.qrels, run))
+    data.split(cfg.split)
+    run, stats = retrieve(cfg, data, retriever)
+    metrics = score_run(run, data, cfg.split)
     metrics.update(stats)
     if out_dir is not None:
         out = Path(out_dir)

@@ -1,0 +1,141 @@
+"""Build the students: a peer is a dual encoder of n transformer layers taken from a checkpoint.
+
+Layer rules pick which checkpoint layers (1-based) a student keeps: ``first`` (1..n), ``last``
+(L-n+1..L), ``even`` (round(i·L/n) for i = 1..n: evenly spaced, top layer included) or an
+explicit ``list``. ``random`` keeps the architecture and draws fresh weights (a control).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from onmkd.config import PeerInit
+from onmkd.errors import ConfigError, ModelError
+from onmkd.io import write_json
+from onmkd.models import Encoder, resolve
+
+
+def select_layers(rule: str, n: int, depth: int, explicit: tuple[int, ...] = ()) -> list[int]:
+    """The 1-based checkpoint layers a student of ``n`` layers keeps (``n = 0``: all ``depth``)."""
+    if n == 0 or n == depth and rule != "list":
+        return list(range(1, depth + 1))
+    if n > depth:
+        raise ValueError(f"{n} layers asked of a {depth}-layer checkpoint")
+    if rule == "first":
+        return list(range(1, n + 1))
+    if rule == "last":
+        return list(range(depth - n + 1, depth + 1))
+    if rule == "even":
+        return [round(i * depth / n) for i in range(1, n + 1)]
+    bad = [x for x in explicit if not 1 <= x <= depth]
+    if bad:
+        raise ValueError(f"layer {bad[0]} is beyond the checkpoint's {depth} layers")
+    return list(explicit)
+
+
+def _truncate(model, keep: list[int]) -> None:
+    enc = getattr(model, "encoder", None)
+    layers = getattr(enc, "layer", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ModelError(f"{type(model).__name__}: no encoder.layer list to select layers from")
+    enc.layer = torch.nn.ModuleList([layers[i - 1] for i in keep])
+    model.config.num_hidden_layers = len(keep)
+
+
+def build_peer(init: PeerInit, *, layers: int, pooling: str, normalize: bool, seed: int, field: str) -> tuple[Encoder, list[int]]:
+    """A student encoder from ``init``; returns it with the checkpoint layers it kept.
+
+    ``field`` names the config entry (``model.peer[1]``) in error messages.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        where = resolve(init.checkpoint)
+    except ModelError as e:
+        raise ConfigError(f"{field}.checkpoint: {e}") from None
+    if init.random:
+        config = AutoConfig.from_pretrained(where)
+        depth = int(config.num_hidden_layers)
+        keep = _keep(init, layers, depth, field)
+        config.num_hidden_layers = len(keep)
+        torch.manual_seed(seed)
+        enc = Encoder.load(init.checkpoint, pooling=pooling, normalize=normalize)
+        enc.model = AutoModel.from_config(config)
+        enc.model.train()
+        return enc, keep
+    enc = Encoder.load(init.checkpoint, pooling=pooling, normalize=normalize)
+    keep = _keep(init, layers, enc.num_layers, field)
+    _truncate(enc.model, keep)
+    enc.train()
+    return enc, keep
+
+
+def _keep(init: PeerInit, layers: int, depth: int, field: str) -> list[int]:
+    try:
+        return select_layers(init.layer_rule, layers, depth, init.layer_list)
+    except ValueError as e:
+        name = f"{field}.layer_list" if init.layer_rule == "list" else "model.layers"
+        raise ConfigError(f"{name}: {e} ({init.checkpoint})") from None
+
+
+class DualEncoder(torch.nn.Module):
+    """A question tower and a passage tower; the same module when tied."""
+
+    def __init__(self, question: Encoder, passage: Encoder | None = None):
+        super().__init__()
+        self.question = question
+        self.passage = passage if passage is not None else question
+
+    @property
+    def tied(self) -> bool:
+        return self.passage is self.question
+
+    @classmethod
+    def untie(cls, enc: Encoder) -> "DualEncoder":
+        return cls(enc, copy.deepcopy(enc))
+
+    def save(self, folder: str | Path, meta: dict | None = None) -> None:
+        """Save as a sentence-transformers folder (tied) or ``query/`` + ``passage/`` folders."""
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if self.tied:
+            save_encoder(self.question, tmp)
+        else:
+            save_encoder(self.question, tmp / "query")
+            save_encoder(self.passage, tmp / "passage")
+        if meta:
+            write_json(tmp / "onmkd_student.json", meta)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "DualEncoder":
+        folder = Path(folder)
+        if (folder / "query").is_dir():
+            return cls(Encoder.load(str(folder / "query")), Encoder.load(str(folder / "passage")))
+        return cls(Encoder.load(str(folder)))
+
+
+def save_encoder(enc: Encoder, folder: Path, max_seq_length: int = 256) -> None:
+    """``save_pretrained`` plus the files sentence-transformers reads (pooling, normalisation)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    enc.model.save_pretrained(folder)
+    enc.tokenizer.save_pretrained(folder)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if enc.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (folder / "2_Normalize").mkdir(exist_ok=True)
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": enc.dim, "pooling_mode_cls_token": enc.pooling == "cls",
+        "pooling_mode_mean_tokens": enc.pooling == "mean", "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
