@@ -137,6 +137,53 @@ def baselines_cmd(
     typer.echo(table)
 
 
+@app.command("train")
+@_errors
+def train_cmd(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (sections data, model, loss, train); omitted: the defaults.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field: section.field=value (TOML value). Repeatable.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/train/CONFIG-METHOD-seedSEED]. Rerunning resumes.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved config as JSON and stop.")] = False,
+) -> None:
+    """Train OnMKD peers or a baseline (dpr, kd, dml); resumes an interrupted run in the same --out."""
+    import json as _json
+
+    from onmkd.config import load_config
+
+    cfg = load_config(config, set_ or [])
+    if dry_run:
+        typer.echo(_json.dumps(cfg.to_dict(), indent=2))
+        return
+    from onmkd.train import train
+
+    stem = config.stem if config else "default"
+    out = out or Path("runs") / "train" / f"{stem}-{cfg.train.method}-seed{cfg.train.seed}"
+    result = train(cfg, out, log=lambda msg: typer.echo(msg, err=True))
+    metric = result["primary"]
+    typer.echo(f"selected peer {result['selected_peer']} (epoch {result['selected_epoch'] + 1}): dev {metric} {result['dev'][metric]:.4f}")
+    typer.echo(f"run directory: {out}")
+
+
+@app.command("diagnose")
+@_errors
+def diagnose_cmd(run_dir: Annotated[Path, typer.Argument(help="A training run directory.")]) -> None:
+    """Mutual-learning diagnostics of a run: KL between peers over training; per dev epoch each
+    peer's score, the peers' score ensemble and their top-20 overlap."""
+    from onmkd.errors import DataError
+    from onmkd.report import diagnostics, to_markdown
+
+    if not (run_dir / "log.jsonl").exists():
+        raise DataError(f"{run_dir}: not a training run directory (no log.jsonl)")
+    d = diagnostics(run_dir)
+    typer.echo(f"{d['steps']} steps, {d['peers']} peer(s)")
+    if d["kl"]:
+        typer.echo("\nKL between peers (mean over peers, per tenth of training):")
+        typer.echo(to_markdown([{"up to step": s, "KL": f"{v:.4f}"} for s, v in d["kl"]]))
+    if d["dev"]:
+        typer.echo("\nDev, per epoch:")
+        typer.echo(to_markdown([{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in d["dev"]]))
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app(prog_name="onmkd-bench")

@@ -218,17 +218,21 @@ def _st_version_block() -> dict[str, str]:
     return versions
 
 
-def _write_sentence_transformers_files(folder: Path, *, dim: int, max_seq_length: int, pooling: str = "mean") -> None:
-    """Write the sentence-transformers module files: Transformer in the root, then Pooling."""
+def write_sentence_transformers_files(
+    folder: Path, *, dim: int, max_seq_length: int, pooling: str = "mean", normalize: bool = False
+) -> None:
+    """Write the sentence-transformers module files: Transformer in the root, then Pooling,
+    then (with ``normalize``) Normalize."""
     modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")
     wanted = {"mean": "mean_tokens", "cls": "cls_token", "max": "max_tokens"}[pooling]
-    write_json(
-        folder / "modules.json",
-        [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ],
-    )
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (folder / "2_Normalize").mkdir(parents=True, exist_ok=True)
+    write_json(folder / "modules.json", modules)
     write_json(folder / "sentence_bert_config.json", {"max_seq_length": int(max_seq_length), "do_lower_case": False})
     write_json(
         folder / "1_Pooling" / "config.json",
@@ -546,7 +550,7 @@ def convert_onnx_bert(
         if not (tmp / "model.safetensors").is_file():
             raise ModelError(f"transformers did not write model.safetensors in {tmp}")
         _copy_tokenizer(tokenizer_dir, tmp)
-        _write_sentence_transformers_files(tmp, dim=config.hidden_size, max_seq_length=max_seq_length, pooling="mean")
+        write_sentence_transformers_files(tmp, dim=config.hidden_size, max_seq_length=max_seq_length, pooling="mean")
         write_checksums(tmp, source=source or {"onnx": onnx_path.name, "tokenizer": str(tokenizer_dir)})
     return out_dir
 

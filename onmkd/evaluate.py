@@ -69,29 +69,39 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def encode_corpus(encoder, pids: list[str], texts: list[str], cfg: EvalConfig) -> tuple[np.ndarray, bool]:
-    """Passage vectors, from the cache when this (model, corpus, length) was encoded before.
+def encode_cached(encoder, ids: list[str], texts: list[str], max_length: int, batch_size: int, label: str,
+                  cache: bool = True) -> np.ndarray:
+    """Vectors of ``texts``, from the cache when this (model, ids + texts, length) was encoded before.
 
-    Returns ``(vectors, from_cache)``. Cached arrays are checksummed and verified on load.
+    Cached arrays are checksummed and verified on load; a damaged entry is encoded again.
     """
-    key = hashlib.sha256(f"{encoder.fingerprint()}|{_corpus_hash(pids, texts)}|{cfg.p_max_len}".encode()).hexdigest()[:40]
+    return _encode_cached(encoder, ids, texts, max_length, batch_size, label, cache)[0]
+
+
+def _encode_cached(encoder, ids, texts, max_length, batch_size, label, cache):
+    key = hashlib.sha256(f"{encoder.fingerprint()}|{_corpus_hash(ids, texts)}|{max_length}".encode()).hexdigest()[:40]
     folder = cache_dir() / "embeddings"
     data, meta = folder / f"{key}.npy", folder / f"{key}.json"
-    if cfg.cache and data.exists() and meta.exists():
+    if cache and data.exists() and meta.exists():
         try:
             info = json.loads(meta.read_text())
             if info.get("sha256") == _file_sha256(data):
                 return np.load(data, allow_pickle=False), True
         except (OSError, ValueError):
             pass  # damaged entry: encode again and overwrite it
-    vecs = encoder.encode(texts, max_length=cfg.p_max_len, batch_size=cfg.batch_size, progress=True, desc="passages")
-    if cfg.cache:
+    vecs = encoder.encode(texts, max_length=max_length, batch_size=batch_size, progress=True, desc=label)
+    if cache:
         with atomic_path(data) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, vecs, allow_pickle=False)
-        write_json(meta, {"model": cfg.model, "dataset": cfg.dataset, "passages": len(pids),
-                          "p_max_len": cfg.p_max_len, "sha256": _file_sha256(data)})
+        write_json(meta, {"model": encoder.name, "what": label, "count": len(ids), "max_length": max_length,
+                          "sha256": _file_sha256(data)})
     return vecs, False
+
+
+def encode_corpus(encoder, pids: list[str], texts: list[str], cfg: EvalConfig) -> tuple[np.ndarray, bool]:
+    """Passage vectors for an evaluation, cached; returns ``(vectors, from_cache)``."""
+    return _encode_cached(encoder, pids, texts, cfg.p_max_len, cfg.batch_size, "passages", cfg.cache)
 
 
 def load_retriever(model: str):

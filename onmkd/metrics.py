@@ -60,6 +60,32 @@ def rank(run: Mapping[str, Mapping[str, float]], k: int | None = None) -> dict[s
     return out
 
 
+def first_hit_ranks(
+    ranked: Mapping[str, Sequence[str]],
+    passages: Mapping[str, str],
+    answers: Mapping[str, Sequence[str]],
+    max_k: int = max(ACC_KS),
+) -> dict[str, float]:
+    """Per question with answers: the rank (1-based) of the first top-``max_k`` passage holding
+    an answer, or ``inf`` when none does."""
+    cache: dict[str, str] = {}
+    out: dict[str, float] = {}
+    for qid, pids in ranked.items():
+        golds = [_joined(t) for a in answers.get(qid, ()) if (t := normalize_tokens(a))]
+        if not golds:
+            continue
+        hit = np.inf
+        for r, pid in enumerate(pids[:max_k], start=1):
+            hay = cache.get(pid)
+            if hay is None:
+                hay = cache[pid] = _joined(normalize_tokens(passages[pid]))
+            if any(g in hay for g in golds):
+                hit = r
+                break
+        out[qid] = hit
+    return out
+
+
 def answer_accuracy(
     ranked: Mapping[str, Sequence[str]],
     passages: Mapping[str, str],
@@ -71,24 +97,9 @@ def answer_accuracy(
     ``ranked`` gives each question's passage ids best first; ``passages`` their texts. Questions
     without answers are left out; returns ``{"acc@k": value}``.
     """
-    cache: dict[str, str] = {}
-    first_hit = []
-    for qid, pids in ranked.items():
-        golds = [_joined(t) for a in answers.get(qid, ()) if (t := normalize_tokens(a))]
-        if not golds:
-            continue
-        hit = np.inf
-        for r, pid in enumerate(pids[: max(ks)], start=1):
-            hay = cache.get(pid)
-            if hay is None:
-                hay = cache[pid] = _joined(normalize_tokens(passages[pid]))
-            if any(g in hay for g in golds):
-                hit = r
-                break
-        first_hit.append(hit)
-    if not first_hit:
+    hits = np.asarray(list(first_hit_ranks(ranked, passages, answers, max(ks)).values()))
+    if not hits.size:
         return {}
-    hits = np.asarray(first_hit)
     return {f"acc@{k}": float(np.mean(hits <= k)) for k in ks}
 
 

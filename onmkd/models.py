@@ -234,6 +234,25 @@ class Encoder(torch.nn.Module):
         states = out.hidden_states if need_all else None
         return {l: self.pool(states[l] if need_all else out.last_hidden_state, attention_mask) for l in wanted}
 
+    def embed_texts(
+        self, texts: Sequence[str], *, max_length: int, layers: Sequence[int] | None = None, chunk: int = 16
+    ) -> dict[int, torch.Tensor]:
+        """Pooled vectors ``{layer: [N, H]}`` of ``texts`` in their order, with gradients.
+
+        Texts are run in chunks of ``chunk`` sorted by length, each padded only to its own longest
+        member, so padding costs little; results are put back in input order.
+        """
+        ids = self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        parts: list[dict[int, torch.Tensor]] = []
+        for start in range(0, len(order), chunk):
+            idx = order[start : start + chunk]
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            parts.append(self.forward(batch["input_ids"], batch["attention_mask"], layers))
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return {l: torch.cat([p[l] for p in parts])[inverse] for l in parts[0]}
+
     def tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
         """Tokenize a batch, padded to its longest member and truncated to ``max_length``."""
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")

@@ -8,7 +8,6 @@ explicit ``list``. ``random`` keeps the architecture and draws fresh weights (a 
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from pathlib import Path
 
@@ -47,11 +46,30 @@ def _truncate(model, keep: list[int]) -> None:
     model.config.num_hidden_layers = len(keep)
 
 
-def build_peer(init: PeerInit, *, layers: int, pooling: str, normalize: bool, seed: int, field: str) -> tuple[Encoder, list[int]]:
+def set_attention_dropout(model: torch.nn.Module, p: float) -> None:
+    """Set the attention-probability dropout of every attention module (and the config)."""
+    for name, module in model.named_modules():
+        if name.endswith("attention.self") or type(module).__name__.endswith("SelfAttention"):
+            drop = getattr(module, "dropout", None)
+            if isinstance(drop, torch.nn.Dropout):
+                drop.p = p
+    if hasattr(model.config, "attention_probs_dropout_prob"):
+        model.config.attention_probs_dropout_prob = p
+
+
+def build_peer(init: PeerInit, *, layers: int, pooling: str, normalize: bool, seed: int, field: str,
+               attention_dropout: float | None = None) -> tuple[Encoder, list[int]]:
     """A student encoder from ``init``; returns it with the checkpoint layers it kept.
 
     ``field`` names the config entry (``model.peer[1]``) in error messages.
     """
+    enc, keep = _build_peer(init, layers=layers, pooling=pooling, normalize=normalize, seed=seed, field=field)
+    if attention_dropout is not None:
+        set_attention_dropout(enc.model, attention_dropout)
+    return enc, keep
+
+
+def _build_peer(init: PeerInit, *, layers: int, pooling: str, normalize: bool, seed: int, field: str) -> tuple[Encoder, list[int]]:
     from transformers import AutoConfig, AutoModel
 
     try:
@@ -124,18 +142,10 @@ class DualEncoder(torch.nn.Module):
 
 def save_encoder(enc: Encoder, folder: Path, max_seq_length: int = 256) -> None:
     """``save_pretrained`` plus the files sentence-transformers reads (pooling, normalisation)."""
+    from onmkd.convert import write_sentence_transformers_files
+
     folder.mkdir(parents=True, exist_ok=True)
     enc.model.save_pretrained(folder)
     enc.tokenizer.save_pretrained(folder)
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if enc.normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (folder / "2_Normalize").mkdir(exist_ok=True)
-    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
-    (folder / "1_Pooling").mkdir(exist_ok=True)
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": enc.dim, "pooling_mode_cls_token": enc.pooling == "cls",
-        "pooling_mode_mean_tokens": enc.pooling == "mean", "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
+    write_sentence_transformers_files(folder, dim=enc.dim, max_seq_length=max_seq_length, pooling=enc.pooling,
+                                      normalize=enc.normalize)

@@ -1,0 +1,416 @@
+"""One training loop for K peers (K = 1 is the plain DPR or offline-KD baseline).
+
+Every step, each peer scores the batch's questions against the same candidates (the batch's
+gold passages, then its hard negatives; in-batch negatives come for free) and all peers are
+updated together with ``L_nll + α·L_kl + β·L_cross`` (:func:`onmkd.losses.onmkd_total`).
+Randomness comes from ``(seed, epoch)`` and the saved torch RNG, so a run killed mid-epoch and
+started again resumes from its last checkpoint to the same result.
+
+Run directory::
+
+    config.json      the full config (enough to rerun)
+    log.jsonl        a line per step: every loss term per peer, learning rate, examples/s
+    dev.jsonl        a line per epoch: dev metrics per peer, of the peers' score ensemble,
+                     the peers' top-20 overlap
+    peers/peer{k}/   each peer at its best dev epoch (transformers + sentence-transformers)
+    student/         the selected student (the best peer), what `evaluate --model RUN_DIR` loads
+    checkpoint/      resumable state (removed when the run finishes)
+    metrics.json     final dev metrics of the selected student, written last
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onmkd import __version__, losses
+from onmkd.config import RunConfig, from_dict
+from onmkd.data import Dataset, Split, load_dataset, passage_text
+from onmkd.errors import ConfigError, DataError
+from onmkd.evaluate import EvalConfig, dense_run, encode_cached, primary_metric, score_run
+from onmkd.io import atomic_path, write_json
+from onmkd.metrics import has_answer, rank
+from onmkd.peers import DualEncoder, build_peer
+from onmkd.runtime import tune_allocator
+
+MINED_POOL = 10  # hard negatives are drawn from each question's top-10 valid BM25 passages
+
+
+@dataclass(frozen=True)
+class Example:
+    qid: str
+    question: str
+    positive: str
+    negatives: tuple[str, ...]
+
+
+def hold_out_dev(data: Dataset, cfg: RunConfig) -> Dataset:
+    """With ``data.dev_from_train`` and no dev split: move every k-th train question (by id) to dev."""
+    d = cfg.data
+    if not d.dev_from_train or d.dev_split in data.splits:
+        return data
+    train = data.split(d.train_split)
+    every = max(2, round(1 / d.dev_from_train))
+    dev_ids = set(sorted(train.queries)[every - 1 :: every])
+
+    def part(keep) -> Split:
+        qs = [q for q in train.queries if keep(q)]
+        return Split({q: train.queries[q] for q in qs}, {q: train.qrels[q] for q in qs if q in train.qrels},
+                     {q: train.answers[q] for q in qs if q in train.answers},
+                     {q: train.hard_negatives[q] for q in qs if q in train.hard_negatives})
+
+    splits = dict(data.splits)
+    splits[d.train_split] = part(lambda q: q not in dev_ids)
+    splits[d.dev_split] = part(lambda q: q in dev_ids)
+    return dataclasses.replace(data, splits=splits)
+
+
+def build_examples(data: Dataset, cfg: RunConfig) -> list[Example]:
+    """Training questions with their gold passage and a pool of hard negatives.
+
+    BM25 negatives exclude the gold passages and any passage whose text holds an answer string.
+    """
+    split = data.split(cfg.data.train_split)
+    qids = [q for q in split.queries if any(g > 0 for g in split.qrels.get(q, {}).values())]
+    if not qids:
+        raise DataError(f"{data.source or data.name}: split {cfg.data.train_split!r} has no question with a relevant passage")
+    if cfg.data.max_train_questions:
+        order = np.random.default_rng(cfg.train.seed).permutation(len(qids))
+        qids = [qids[i] for i in sorted(order[: cfg.data.max_train_questions])]
+    pools: dict[str, list[str]] = {q: [] for q in qids}
+    if cfg.data.hard_negatives and cfg.data.negatives == "given":
+        pools = {q: list(split.hard_negatives.get(q, [])) for q in qids}
+    elif cfg.data.hard_negatives:
+        from onmkd.bm25 import BM25
+
+        pids = list(data.corpus)
+        bm25 = BM25().index([passage_text(data.corpus[p], cfg.data.titles) for p in pids])
+        _, rows = bm25.search([split.queries[q] for q in qids], 4 * MINED_POOL)
+        for q, row in zip(qids, rows):
+            gold = {p for p, g in split.qrels[q].items() if g > 0}
+            answers = split.answers.get(q, [])
+            for r in row:
+                pid = pids[r]
+                if pid in gold or (answers and has_answer(data.corpus[pid].get("text", ""), answers)):
+                    continue
+                pools[q].append(pid)
+                if len(pools[q]) == MINED_POOL:
+                    break
+    return [Example(q, split.queries[q], max(split.qrels[q], key=split.qrels[q].get), tuple(pools[q])) for q in qids]
+
+
+def batches(examples: list[Example], cfg: RunConfig, epoch: int) -> list[tuple[list[Example], list[str], list[int]]]:
+    """The epoch's batches: (examples, candidate passage ids, label column per question).
+
+    Candidates are the gold passages (deduplicated: questions sharing a paragraph share its
+    column) followed by ``hard_negatives`` drawn per question from its pool.
+    """
+    rng = np.random.default_rng([cfg.train.seed, epoch])
+    order = rng.permutation(len(examples))
+    out = []
+    for start in range(0, len(order), cfg.train.batch_size):
+        chunk = [examples[i] for i in order[start : start + cfg.train.batch_size]]
+        cands: list[str] = []
+        col: dict[str, int] = {}
+        for ex in chunk:
+            if ex.positive not in col:
+                col[ex.positive] = len(cands)
+                cands.append(ex.positive)
+        labels = [col[ex.positive] for ex in chunk]
+        for ex in chunk:
+            pool = list(ex.negatives)
+            take = min(cfg.data.hard_negatives, len(pool))
+            for i in (rng.choice(len(pool), size=take, replace=False) if take else []):
+                pid = pool[int(i)]
+                if pid not in col:
+                    col[pid] = len(cands)
+                    cands.append(pid)
+        out.append((chunk, cands, labels))
+    return out
+
+
+class Trainer:
+    """Holds the peers, the optimiser and the run directory; ``run()`` trains to the end."""
+
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=print):
+        self.cfg, self.out, self.log = cfg, Path(out_dir), log
+        self._check_run_dir()
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        tune_allocator()
+        torch.manual_seed(cfg.train.seed)
+        self.data = hold_out_dev(data or load_dataset(cfg.data.dataset), cfg)
+        self.data.split(cfg.data.dev_split)
+        self.examples = build_examples(self.data, cfg)
+        m = cfg.model
+        self.peers: list[DualEncoder] = []
+        self.kept_layers: list[list[int]] = []
+        for k, init in enumerate(cfg.peer_inits()):
+            enc, keep = build_peer(init, layers=m.layers, pooling=m.pooling, normalize=m.normalize,
+                                   seed=cfg.train.seed + init.seed, field=f"model.peer[{min(k, len(m.peer) - 1)}]",
+                                   attention_dropout=m.attention_dropout)
+            self.peers.append(DualEncoder(enc) if m.tied else DualEncoder.untie(enc))
+            self.kept_layers.append(keep)
+        depth = self.peers[0].question.num_layers
+        if any(p.question.num_layers != depth or p.question.dim != self.peers[0].question.dim for p in self.peers):
+            raise ConfigError("model.peer: peers must share one structure (layers and hidden size)")
+        self.layer_map = [tuple(depth if l == -1 else l for l in pair) for pair in cfg.loss.cross_layers]
+        for pair in self.layer_map:
+            if max(pair) > depth:
+                raise ConfigError(f"loss.cross_layers: layer {max(pair)} is beyond the students' {depth} layers")
+        self.method = cfg.train.method
+        self.beta = cfg.loss.beta if self.method == "onmkd" else 0.0
+        self.alpha = cfg.loss.alpha if self.method in ("onmkd", "dml", "kd") else 0.0
+        self.layers_needed = sorted({depth} | ({l for pair in self.layer_map for l in pair} if self.beta else set()))
+        self.teacher = self._teacher_vectors() if self.method == "kd" else None
+        params = [{"params": [p for p in dual.parameters() if p.requires_grad]} for dual in self.peers]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.examples) / cfg.train.batch_size)
+        total = self.steps_per_epoch * cfg.train.epochs
+        warm = int(cfg.train.warmup * total)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+        self.step = 0
+        self.history: list[dict] = []
+        self.best = {"score": -1.0, "peer": 0, "epoch": -1}
+        self.peer_best = [-1.0] * len(self.peers)
+
+    # ----------------------------------------------------------------- run directory
+
+    def _check_run_dir(self) -> None:
+        saved = self.out / "config.json"
+        mine = {"onmkd_version": __version__, **self.cfg.to_dict()}
+        if saved.exists():
+            old = json.loads(saved.read_text())
+            old.pop("onmkd_version", None)
+            if from_dict(old) != self.cfg:
+                raise ConfigError(f"{self.out}: holds a run with a different config; choose another --out or delete it")
+        else:
+            write_json(saved, mine)
+
+    def _teacher_vectors(self):
+        """The teacher's question and passage vectors, encoded once and cached by fingerprint."""
+        from onmkd.models import Encoder
+
+        try:
+            teacher = Encoder.load(self.cfg.loss.teacher)
+        except Exception as e:  # noqa: BLE001 - any load failure is a config problem here
+            raise ConfigError(f"loss.teacher: {e}") from None
+        d = self.cfg.data
+        pids = list(self.data.corpus)
+        pvecs = encode_cached(teacher, pids, [passage_text(self.data.corpus[p], d.titles) for p in pids],
+                              d.p_max_len, self.cfg.train.eval_batch_size, "teacher passages")
+        qids = [ex.qid for ex in self.examples]
+        qvecs = encode_cached(teacher, qids, [ex.question for ex in self.examples], d.q_max_len,
+                              self.cfg.train.eval_batch_size, "teacher questions")
+        return ({q: i for i, q in enumerate(qids)}, torch.from_numpy(qvecs),
+                {p: i for i, p in enumerate(pids)}, torch.from_numpy(pvecs))
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def _save_state(self, epoch: int, batch_in_epoch: int) -> None:
+        state = {
+            "step": self.step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "peers": [dual.state_dict() for dual in self.peers],
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": torch.get_rng_state(), "history": json.dumps(self.history),
+            "best": json.dumps(self.best), "peer_best": json.dumps(self.peer_best),
+        }
+        with atomic_path(self.out / "checkpoint" / "state.pt") as tmp:
+            torch.save(state, tmp)
+
+    def _load_state(self) -> tuple[int, int]:
+        path = self.out / "checkpoint" / "state.pt"
+        if not path.exists():
+            return 0, 0
+        state = torch.load(path, weights_only=True)
+        for dual, sd in zip(self.peers, state["peers"]):
+            dual.load_state_dict(sd)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.history = json.loads(state["history"])
+        self.best = json.loads(state["best"])
+        self.peer_best = json.loads(state["peer_best"])
+        self._truncate_jsonl("log.jsonl", lambda r: r["step"] <= self.step)
+        self._truncate_jsonl("dev.jsonl", lambda r: r["epoch"] < int(state["epoch"]) or
+                             (r["epoch"] == int(state["epoch"]) and int(state["batch_in_epoch"]) == 0))
+        self.log(f"resuming from step {self.step} (epoch {state['epoch']}, batch {state['batch_in_epoch']})")
+        return int(state["epoch"]), int(state["batch_in_epoch"])
+
+    def _truncate_jsonl(self, name: str, keep) -> None:
+        path = self.out / name
+        if path.exists():
+            rows = [line for line in path.read_text().splitlines() if line.strip() and keep(json.loads(line))]
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(r + "\n" for r in rows))
+
+    def _append(self, name: str, row: dict) -> None:
+        with open(self.out / name, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    # ----------------------------------------------------------------- one step
+
+    def _encode(self, dual: DualEncoder, texts_q: list[str], texts_p: list[str]):
+        d = self.cfg.data
+        qv = dual.question.embed_texts(texts_q, max_length=d.q_max_len, layers=self.layers_needed, chunk=len(texts_q))
+        pv = dual.passage.embed_texts(texts_p, max_length=d.p_max_len, layers=self.layers_needed, chunk=d.length_chunk)
+        return qv, pv
+
+    def train_step(self, chunk: list[Example], cands: list[str], labels: list[int]) -> dict[str, float]:
+        corpus, titles = self.data.corpus, self.cfg.data.titles
+        texts_q = [ex.question for ex in chunk]
+        texts_p = [passage_text(corpus[p], titles) for p in cands]
+        y = torch.tensor(labels)
+        depth = self.peers[0].question.num_layers
+        qs, ps, scores = [], [], []
+        for dual in self.peers:
+            qv, pv = self._encode(dual, texts_q, texts_p)
+            qs.append(qv)
+            ps.append(pv)
+            scores.append(qv[depth] @ pv[depth].T)
+        l = self.cfg.loss
+        if self.method == "kd":
+            qi, tq, pi, tp = self.teacher
+            t_scores = tq[[qi[ex.qid] for ex in chunk]] @ tp[[pi[p] for p in cands]].T
+            l_nll = losses.nll(scores[0], y, l.tau)
+            l_kd = losses.offline_kd(scores[0], t_scores, l.tau, l.kl_temperature)
+            loss = l_nll + self.alpha * l_kd
+            logs = {"nll/0": l_nll.item(), "kd/0": l_kd.item(), "total/0": loss.item(), "total": loss.item()}
+        else:
+            loss, logs = losses.onmkd_total(
+                scores, qs, ps, y, tau=l.tau, alpha=self.alpha, kl_temperature=l.kl_temperature, beta=self.beta,
+                tau_c=l.cross_temperature, layer_map=self.layer_map, kl_detach=l.kl_detach, cross_detach=l.cross_detach)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.train.max_grad_norm:
+            for dual in self.peers:
+                torch.nn.utils.clip_grad_norm_(dual.parameters(), self.cfg.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return logs
+
+    # ----------------------------------------------------------------- dev evaluation
+
+    def dev_eval(self, epoch: int) -> dict:
+        """Dev metrics per peer and of the peers' score ensemble, and the peers' top-20 overlap.
+
+        The ensemble scores a passage by the mean of the peers' inner products, searched exactly
+        as one index over the peers' concatenated vectors (each scaled by 1/K on the question side).
+        """
+        d, data = self.cfg.data, self.data
+        split = data.split(d.dev_split)
+        ecfg = EvalConfig(model="dev", dataset=d.dataset, split=d.dev_split, q_max_len=d.q_max_len,
+                          p_max_len=d.p_max_len, batch_size=self.cfg.train.eval_batch_size, titles=d.titles)
+        pids = list(data.corpus)
+        ptexts = [passage_text(data.corpus[p], d.titles) for p in pids]
+        qids = list(split.queries)
+        qtexts = [split.queries[q] for q in qids]
+        row: dict = {"epoch": epoch, "step": self.step, "peers": []}
+        qall, pall, runs = [], [], []
+        for dual in self.peers:
+            pv = dual.passage.encode(ptexts, max_length=d.p_max_len, batch_size=ecfg.batch_size)
+            qv = dual.question.encode(qtexts, max_length=d.q_max_len, batch_size=ecfg.batch_size)
+            run, _ = dense_run(qv, pv, qids, pids, ecfg)
+            runs.append(run)
+            row["peers"].append(score_run(run, data, d.dev_split))
+            qall.append(qv / len(self.peers))
+            pall.append(pv)
+        if len(self.peers) > 1:
+            run, _ = dense_run(np.hstack(qall), np.hstack(pall), qids, pids, ecfg)
+            row["ensemble"] = score_run(run, data, d.dev_split)
+            top = [rank(r, 20) for r in runs]
+            row["top20_overlap"] = float(np.mean([len(set(top[0][q]) & set(top[1][q])) / max(1, len(top[0][q]))
+                                                  for q in qids]))
+        return row
+
+    # ----------------------------------------------------------------- the loop
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        start_epoch, skip = self._load_state()
+        bad_epochs = 0
+        for epoch in range(start_epoch, cfg.train.epochs):
+            self.log(f"epoch {epoch + 1}/{cfg.train.epochs}: {self.steps_per_epoch} steps of {cfg.train.batch_size} questions")
+            for dual in self.peers:
+                dual.train()
+            plan = batches(self.examples, cfg, epoch)
+            t_last, n_last = time.perf_counter(), 0
+            for b, (chunk, cands, labels) in enumerate(plan):
+                if b < skip:
+                    continue
+                logs = self.train_step(chunk, cands, labels)
+                self.step += 1
+                n_last += len(chunk)
+                now = time.perf_counter()
+                row = {"step": self.step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0],
+                       "examples_per_s": n_last / max(now - t_last, 1e-9), "candidates": len(cands), **logs}
+                t_last, n_last = now, 0
+                self._append("log.jsonl", row)
+                if self.step % 10 == 0:
+                    self.log(f"step {self.step}: loss {logs['total']:.4f}  {row['examples_per_s']:.1f} q/s")
+                if self.step % cfg.train.checkpoint_every == 0 and b + 1 < len(plan):
+                    self._save_state(epoch, b + 1)
+            skip = 0
+            dev = self.dev_eval(epoch)
+            self._append("dev.jsonl", dev)
+            self.history.append(dev)
+            improved = self._keep_best(dev, epoch)
+            self._save_state(epoch + 1, 0)
+            metric = primary_metric(dev["peers"][0])
+            self.log(f"dev {metric}: " + ", ".join(f"peer{k} {p[metric]:.4f}" for k, p in enumerate(dev["peers"]))
+                     + (f", ensemble {dev['ensemble'][metric]:.4f}" if "ensemble" in dev else ""))
+            bad_epochs = 0 if improved else bad_epochs + 1
+            if cfg.train.patience and bad_epochs >= cfg.train.patience:
+                self.log(f"early stop: no dev improvement for {bad_epochs} epochs")
+                break
+        return self._finish()
+
+    def _keep_best(self, dev: dict, epoch: int) -> bool:
+        metric = primary_metric(dev["peers"][0])
+        improved = False
+        for k, (dual, m) in enumerate(zip(self.peers, dev["peers"])):
+            if m[metric] > self.peer_best[k]:
+                self.peer_best[k] = m[metric]
+                dual.save(self.out / "peers" / f"peer{k}", {"peer": k, "epoch": epoch, "dev": m,
+                                                           "layers_kept": self.kept_layers[k]})
+            if m[metric] > self.best["score"]:
+                self.best = {"score": m[metric], "peer": k, "epoch": epoch, "metric": metric}
+                improved = True
+        return improved
+
+    def _finish(self) -> dict:
+        k = self.best["peer"]
+        student = self.out / "student"
+        tmp = self.out / "student.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(self.out / "peers" / f"peer{k}", tmp)
+        shutil.rmtree(student, ignore_errors=True)
+        tmp.rename(student)
+        dev = self.history[self.best["epoch"]]
+        result = {"selected_peer": k, "selected_epoch": self.best["epoch"], "primary": self.best["metric"],
+                  "dev": dev["peers"][k], "dev_per_peer": dev["peers"], "steps": self.step}
+        if "ensemble" in dev:
+            result["dev_ensemble"] = dev["ensemble"]
+            result["top20_overlap"] = dev["top20_overlap"]
+        write_json(self.out / "metrics.json", result)
+        shutil.rmtree(self.out / "checkpoint", ignore_errors=True)
+        return result
+
+
+def train(cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=print) -> dict:
+    """Train as ``cfg`` says into ``out_dir`` (resuming a run left there); returns final dev metrics."""
+    if (Path(out_dir) / "metrics.json").exists() and not (Path(out_dir) / "checkpoint").exists():
+        Trainer._check_run_dir(type("T", (), {"cfg": cfg, "out": Path(out_dir)})())  # same config, or error
+        log(f"{out_dir}: finished already; metrics.json kept")
+        return json.loads((Path(out_dir) / "metrics.json").read_text())
+    return Trainer(cfg, out_dir, data, log).run()

@@ -1,0 +1,198 @@
+import json
+
+import pytest
+import torch
+
+from onmkd.config import load_config
+from onmkd.data import Dataset, Split
+from onmkd.errors import ConfigError
+from onmkd.train import Trainer, batches, build_examples, train
+
+PASSAGES = {
+    "p1": ("France", "paris is the capital city of france"),
+    "p2": ("Germany", "berlin is the capital city of germany"),
+    "p3": ("Rhine", "the rhine river flows through germany and france"),
+    "p4": ("Tesla", "tesla was an inventor of electricity current"),
+    "p5": ("Oxygen", "oxygen is a gas with atomic number eight"),
+    "p6": ("Super Bowl", "the denver broncos won the super bowl game"),
+    "p7": ("King", "the king and queen of france were born in paris"),
+    "p8": ("War", "the war was won in the year eight"),
+}
+QUESTIONS = {
+    "train": [("what is the capital of france", "p1", "paris"), ("what is the capital of germany", "p2", "berlin"),
+              ("which river flows through germany", "p3", "rhine"), ("who was an inventor", "p4", "tesla"),
+              ("what gas has atomic number eight", "p5", "oxygen"), ("who won the super bowl", "p6", "denver broncos"),
+              ("where were the king and queen born", "p7", "paris"), ("when was the war won", "p8", "eight"),
+              ("which city is the capital of france", "p1", "paris"), ("what is a gas", "p5", "oxygen")],
+    "dev": [("capital city of germany", "p2", "berlin"), ("inventor of electricity", "p4", "tesla"),
+            ("which team won the game", "p6", "denver broncos")],
+    "test": [("river through france", "p3", "rhine")],
+}
+
+
+def tiny_qa() -> Dataset:
+    corpus = {p: {"title": t, "text": x} for p, (t, x) in PASSAGES.items()}
+    splits = {}
+    for name, rows in QUESTIONS.items():
+        qs = {f"{name}{i}": q for i, (q, _, _) in enumerate(rows)}
+        qrels = {f"{name}{i}": {p: 1} for i, (_, p, _) in enumerate(rows)}
+        answers = {f"{name}{i}": [a] for i, (_, _, a) in enumerate(rows)}
+        splits[name] = Split(qs, qrels, answers)
+    return Dataset("tiny-qa", corpus, splits, source="tiny-qa")
+
+
+def config(model_dir, *extra):
+    return load_config(None, [
+        f'model.peer=[{{checkpoint="{model_dir}"}}]', "model.layers=2", "train.batch_size=4", "train.epochs=2",
+        "train.checkpoint_every=2", "data.hard_negatives=1", "data.p_max_len=32", "data.q_max_len=16",
+        "train.eval_batch_size=8", "train.lr=1e-3", "loss.cross_layers=[[1, 1], [2, 2]]", *extra])
+
+
+def test_hard_negatives_exclude_gold_and_answer_passages(tiny_model_dir):
+    examples = build_examples(tiny_qa(), config(tiny_model_dir))
+    by_q = {ex.qid: ex for ex in examples}
+    assert "p1" not in by_q["train0"].negatives  # the gold passage
+    assert "p7" not in by_q["train0"].negatives  # holds the answer "paris"
+    assert "p3" in by_q["train0"].negatives  # mentions france, has no answer: a hard negative
+
+
+def test_batches_share_a_column_for_a_shared_positive(tiny_model_dir):
+    cfg = config(tiny_model_dir, "train.batch_size=10")
+    (chunk, cands, labels), = batches(build_examples(tiny_qa(), cfg), cfg, epoch=0)
+    assert len(set(cands)) == len(cands)
+    for ex, col in zip(chunk, labels):
+        assert cands[col] == ex.positive
+    assert labels[[e.qid for e in chunk].index("train0")] == labels[[e.qid for e in chunk].index("train8")]
+
+
+def test_onmkd_run_directory(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    result = train(config(tiny_model_dir), out, tiny_qa(), log=lambda m: None)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "log.jsonl", "dev.jsonl", "peers", "student", "metrics.json"} <= names
+    assert "checkpoint" not in names
+    log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 7))  # 10 questions / 4 = 3 steps × 2 epochs
+    for key in ("nll/0", "kl/0", "cross/0", "nll/1", "kl/1", "cross/1", "lr", "examples_per_s"):
+        assert key in log[0]
+    assert log[0]["cross/0"] > 0 and log[0]["kl/0"] >= 0
+    dev = [json.loads(l) for l in (out / "dev.jsonl").read_text().splitlines()]
+    assert len(dev) == 2 and {"peers", "ensemble", "top20_overlap"} <= set(dev[0])
+    assert result["dev"] == dev[result["selected_epoch"]]["peers"][result["selected_peer"]]
+
+
+def test_student_loads_with_transformers_and_sentence_transformers(tiny_model_dir, tmp_path):
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    from onmkd.data import passage_text
+    from onmkd.evaluate import EvalConfig, evaluate
+
+    out = tmp_path / "run"
+    result = train(config(tiny_model_dir), out, tiny_qa(), log=lambda m: None)
+    assert AutoModel.from_pretrained(out / "student").config.num_hidden_layers == 2
+    st = SentenceTransformer(str(out / "student"), device="cpu")
+    from onmkd.evaluate import load_retriever
+
+    ours = load_retriever(str(out)).passage.encode(["paris is the capital"], max_length=32)
+    assert np.abs(st.encode(["paris is the capital"]) - ours).max() < 1e-5
+    # `evaluate --model RUN_DIR` on dev reproduces the dev score the run selected its student by
+    m = evaluate(EvalConfig(model=str(out), dataset="tiny", split="dev", p_max_len=32, q_max_len=16, cache=False), tiny_qa())
+    assert m["acc@20"] == pytest.approx(result["dev"]["acc@20"])
+    assert passage_text({"title": "a", "text": "b"}) == "a b"
+
+
+def test_same_seed_same_metrics(tiny_model_dir, tmp_path):
+    a = train(config(tiny_model_dir), tmp_path / "a", tiny_qa(), log=lambda m: None)
+    b = train(config(tiny_model_dir), tmp_path / "b", tiny_qa(), log=lambda m: None)
+    assert a == b
+    la = (tmp_path / "a" / "log.jsonl").read_text().splitlines()
+    lb = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "examples_per_s"}  # noqa: E731
+    assert [strip(x) for x in la] == [strip(x) for x in lb]
+
+
+def test_resume_after_interruption_matches_uninterrupted(tiny_model_dir, tmp_path, monkeypatch):
+    full = train(config(tiny_model_dir), tmp_path / "full", tiny_qa(), log=lambda m: None)
+    real = Trainer.train_step
+
+    def dies_at_step_5(self, *args):
+        if self.step == 4:  # after the checkpoint at step 4, mid-epoch 2
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tiny_model_dir), tmp_path / "cut", tiny_qa(), log=lambda m: None)
+    assert (tmp_path / "cut" / "checkpoint" / "state.pt").exists()
+    monkeypatch.setattr(Trainer, "train_step", real)
+    messages = []
+    resumed = train(config(tiny_model_dir), tmp_path / "cut", tiny_qa(), log=messages.append)
+    assert any("resuming from step 4" in m for m in messages)
+    assert resumed == full
+    steps = [json.loads(l)["step"] for l in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))
+
+
+def test_changed_config_in_same_run_dir_is_refused(tiny_model_dir, tmp_path):
+    train(config(tiny_model_dir, "train.epochs=1"), tmp_path / "r", tiny_qa(), log=lambda m: None)
+    with pytest.raises(ConfigError, match="different config"):
+        train(config(tiny_model_dir, "train.epochs=1", "loss.alpha=0.3"), tmp_path / "r", tiny_qa(), log=lambda m: None)
+
+
+@pytest.mark.parametrize("method", ["dpr", "kd", "dml"])
+def test_baselines(method, tiny_model_dir, tmp_path):
+    extra = ["model.peers=1", f'train.method="{method}"'] if method != "dml" else ['train.method="dml"']
+    if method == "kd":
+        extra.append(f'loss.teacher="{tiny_model_dir}"')
+    result = train(config(tiny_model_dir, "train.epochs=1", *extra), tmp_path / method, tiny_qa(), log=lambda m: None)
+    log = [json.loads(l) for l in (tmp_path / method / "log.jsonl").read_text().splitlines()]
+    if method == "dpr":
+        assert log[0]["kl/0"] == 0 and log[0]["cross/0"] == 0 and "nll/1" not in log[0]
+    if method == "kd":
+        assert log[0]["kd/0"] >= 0
+    if method == "dml":
+        assert log[0]["cross/0"] == 0 and log[0]["kl/0"] > 0
+    assert 0 <= result["dev"]["acc@20"] <= 1
+
+
+def test_untied_towers_and_random_init(tiny_model_dir, tmp_path):
+    from onmkd.evaluate import load_retriever
+
+    cfg = config(tiny_model_dir, "train.epochs=1", "model.tied=false",
+                 f'model.peer=[{{checkpoint="{tiny_model_dir}"}}, {{checkpoint="{tiny_model_dir}", random=true}}]')
+    train(cfg, tmp_path / "u", tiny_qa(), log=lambda m: None)
+    assert (tmp_path / "u" / "student" / "query").is_dir()
+    dual = load_retriever(str(tmp_path / "u"))
+    assert not dual.tied
+    q, p = dual.question.model.state_dict(), dual.passage.model.state_dict()
+    assert any(not torch.equal(q[k], p[k]) for k in q)  # the towers trained apart
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["model.layers=3"], "model.layers: 3 layers asked of a 2-layer checkpoint"),
+        (['model.peer=[{checkpoint="CKPT", layer_rule="list", layer_list=[1, 5]}]'], "model.peer[0].layer_list: layer 5"),
+        (['model.peer=[{checkpoint="no-such-model"}]'], "model.peer[0].checkpoint: unknown model"),
+    ],
+)
+def test_configs_that_need_the_checkpoint_fail_before_training(extra, message, tiny_model_dir, tmp_path):
+    extra = [e.replace("CKPT", str(tiny_model_dir)) for e in extra]
+    with pytest.raises(ConfigError) as err:
+        train(config(tiny_model_dir, *extra), tmp_path / "bad", tiny_qa(), log=lambda m: None)
+    assert message in str(err.value)
+    assert not (tmp_path / "bad" / "log.jsonl").exists()
+
+
+def test_dev_held_out_from_train_when_missing(tiny_model_dir):
+    from onmkd.train import hold_out_dev
+
+    data = tiny_qa()
+    del data.splits["dev"]
+    cfg = config(tiny_model_dir, "data.dev_from_train=0.2")
+    held = hold_out_dev(data, cfg)
+    assert len(held.splits["dev"].queries) == 2 and len(held.splits["train"].queries) == 8
+    assert not set(held.splits["dev"].queries) & set(held.splits["train"].queries)
+    assert "test" in held.splits and "dev" not in data.splits  # the original is untouched
