@@ -196,3 +196,23 @@ def test_dev_held_out_from_train_when_missing(tiny_model_dir):
     assert len(held.splits["dev"].queries) == 2 and len(held.splits["train"].queries) == 8
     assert not set(held.splits["dev"].queries) & set(held.splits["train"].queries)
     assert "test" in held.splits and "dev" not in data.splits  # the original is untouched
+
+
+def test_training_on_dpr_biencoder_files_with_given_negatives(tiny_model_dir, tmp_path):
+    from onmkd.data import load_dataset
+
+    def ctx(pid):
+        title, text = PASSAGES[pid]
+        return {"passage_id": pid, "title": title, "text": text}
+
+    for name, rows in (("train", QUESTIONS["train"]), ("dev", QUESTIONS["dev"])):
+        items = [{"question": q, "answers": [a], "positive_ctxs": [ctx(p)], "negative_ctxs": [],
+                  "hard_negative_ctxs": [ctx("p8" if p != "p8" else "p5")]} for q, p, a in rows]
+        (tmp_path / f"nq-{name}.json").write_text(json.dumps(items))
+    spec = f"dpr:{tmp_path / 'nq-train.json'},{tmp_path / 'nq-dev.json'}"
+    data = load_dataset(spec)
+    cfg = config(tiny_model_dir, "train.epochs=1", 'data.negatives="given"', f'data.dataset="{spec}"')
+    examples = build_examples(data, cfg)
+    assert all(ex.negatives for ex in examples)
+    result = train(cfg, tmp_path / "run", data, log=lambda m: None)
+    assert 0 <= result["dev"]["acc@20"] <= 1
