@@ -186,15 +186,7 @@ class Trainer:
     # ----------------------------------------------------------------- run directory
 
     def _check_run_dir(self) -> None:
-        saved = self.out / "config.json"
-        mine = {"onmkd_version": __version__, **self.cfg.to_dict()}
-        if saved.exists():
-            old = json.loads(saved.read_text())
-            old.pop("onmkd_version", None)
-            if from_dict(old) != self.cfg:
-                raise ConfigError(f"{self.out}: holds a run with a different config; choose another --out or delete it")
-        else:
-            write_json(saved, mine)
+        check_run_dir(self.cfg, self.out)
 
     def _teacher_vectors(self):
         """The teacher's question and passage vectors, encoded once and cached by fingerprint."""
@@ -407,10 +399,22 @@ class Trainer:
         return result
 
 
+def check_run_dir(cfg: RunConfig, out: Path) -> None:
+    """Write ``config.json`` into a new run directory; refuse one that holds another config."""
+    saved = out / "config.json"
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        old.pop("onmkd_version", None)
+        if from_dict(old) != cfg:
+            raise ConfigError(f"{out}: holds a run with a different config; choose another --out or delete it")
+    else:
+        write_json(saved, {"onmkd_version": __version__, **cfg.to_dict()})
+
+
 def train(cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=print) -> dict:
     """Train as ``cfg`` says into ``out_dir`` (resuming a run left there); returns final dev metrics."""
     if (Path(out_dir) / "metrics.json").exists() and not (Path(out_dir) / "checkpoint").exists():
-        Trainer._check_run_dir(type("T", (), {"cfg": cfg, "out": Path(out_dir)})())  # same config, or error
+        check_run_dir(cfg, Path(out_dir))
         log(f"{out_dir}: finished already; metrics.json kept")
         return json.loads((Path(out_dir) / "metrics.json").read_text())
     return Trainer(cfg, out_dir, data, log).run()
