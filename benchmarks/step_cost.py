@@ -57,7 +57,8 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "command": "python " + " ".join(sys.argv),
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()},
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "processor": platform.processor() or platform.machine(), "load_average_1_5_15": os.getloadavg()},
         "batch": args.batch, "hard_negatives": args.hard_negatives, "p_max_len": args.p_max_len, "steps_timed": args.steps,
         "seconds_per_step": {k: round(v, 3) for k, v in med.items()},
         "all_seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
