@@ -93,6 +93,7 @@ def evaluate_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/evaluate/MODEL__DATASET__SPLIT].")] = None,
     titles: Annotated[bool, typer.Option(help="Index passages as 'title text' (BEIR, DPR); --no-titles: text alone.")] = True,
     cache: Annotated[bool, typer.Option(help="Reuse encoded corpora from the cache.")] = True,
+    device: Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Evaluate a retriever on one split: accuracy, recall, MRR, nDCG; writes config, metrics and a TREC run."""
     from onmkd.data import load_dataset
@@ -101,7 +102,8 @@ def evaluate_cmd(
     from onmkd.report import metrics_table
 
     cfg = EvalConfig(model=model, dataset=dataset, split=split, q_max_len=q_max_len, p_max_len=p_max_len,
-                     batch_size=batch_size, top_k=top_k, index=IndexSpec(kind=index), titles=titles, cache=cache)
+                     batch_size=batch_size, top_k=top_k, index=IndexSpec(kind=index), titles=titles, cache=cache,
+                     device=device)
     out = out or Path("runs") / "evaluate" / f"{_slug(model)}__{_slug(dataset)}__{split}{'' if titles else '__notitle'}"
     data = load_dataset(dataset)
     metrics = evaluate(cfg, data, out_dir=out)

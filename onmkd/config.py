@@ -97,6 +97,7 @@ class TrainConfig:
     patience: int = _f(0, "stop after this many epochs without dev improvement (0: never)")
     select: str = _f("best", "the student to deploy: best (the peer with the highest dev score; every peer is saved too)")
     threads: int = _f(0, "torch threads (0: torch's default)")
+    device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.negatives: {d.negatives!r} is not one of bm25, given")
     if m.pooling not in ("mean", "cls"):
         raise ConfigError(f"model.pooling: {m.pooling!r} is not one of mean, cls")
+    if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
+        raise ConfigError(f"train.device: {t.device!r} is not auto, cpu, cuda or cuda:N")
     if t.select not in ("best",):
         raise ConfigError(f"train.select: {t.select!r} is not one of best")
     if t.method in ("onmkd", "dml") and m.peers < 2:

@@ -37,6 +37,7 @@ class EvalConfig:
     titles: bool = True  # index "title text" (BEIR, DPR); False: the passage text alone
     index: IndexSpec = field(default_factory=IndexSpec)
     cache: bool = True  # reuse encoded corpora by (model, corpus, length) fingerprint
+    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
 
     def __post_init__(self) -> None:
         for name in ("q_max_len", "p_max_len", "batch_size", "top_k"):
@@ -155,7 +156,11 @@ def retrieve(cfg: EvalConfig, data: Dataset, retriever=None) -> tuple[dict[str, 
         # BM25 scores of 0 mean that no question term matched: not retrieved.
         run = {q: {pids[r]: float(sc) for r, sc in zip(rr, ss) if sc > 0} for q, ss, rr in zip(qids, scores, rows)}
         return run, stats
-    dual = retriever or load_retriever(cfg.model)
+    if retriever is None:
+        from onmkd.runtime import resolve_device
+
+        retriever = load_retriever(cfg.model).to(resolve_device(cfg.device, "--device"))
+    dual = retriever
     t0 = time.perf_counter()
     pvecs, cached = encode_corpus(dual.passage, pids, texts, cfg)
     if not cached:

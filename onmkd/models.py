@@ -204,6 +204,10 @@ class Encoder(torch.nn.Module):
         return cls(model, tok, pooling=str(pooling), normalize=normalize, name=name_or_path).eval()
 
     @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
     def num_layers(self) -> int:
         return int(self.model.config.num_hidden_layers)
 
@@ -248,9 +252,10 @@ class Encoder(torch.nn.Module):
         for start in range(0, len(order), chunk):
             idx = order[start : start + chunk]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-            parts.append(self.forward(batch["input_ids"], batch["attention_mask"], layers))
+            parts.append(self.forward(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device), layers))
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
+        inverse = inverse.to(self.device)
         return {l: torch.cat([p[l] for p in parts])[inverse] for l in parts[0]}
 
     def tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -273,7 +278,7 @@ class Encoder(torch.nn.Module):
         for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
             idx = order[start : start + batch_size]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-            vec = self.forward(batch["input_ids"], batch["attention_mask"])[self.num_layers]
+            vec = self.forward(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))[self.num_layers]
             out[idx] = vec.float().cpu().numpy()
         self.train(was_training)
         return out

@@ -33,3 +33,21 @@ def tune_allocator() -> bool:
         return False
     _done = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 31))
     return _done
+
+
+def resolve_device(name: str, field: str = "train.device"):
+    """``auto``: the first CUDA device when one is present, else the CPU; ``field`` names the
+    option in the error raised when a CUDA device is asked for and none is there."""
+    import torch
+
+    from onmkd.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{field}: {name!r} is not auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{field}: {name!r} asked for, but torch sees no CUDA device")
+    return dev

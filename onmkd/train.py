@@ -39,7 +39,7 @@ from onmkd.evaluate import EvalConfig, dense_run, encode_cached, primary_metric,
 from onmkd.io import atomic_path, write_json
 from onmkd.metrics import has_answer, rank
 from onmkd.peers import DualEncoder, build_peer
-from onmkd.runtime import tune_allocator
+from onmkd.runtime import resolve_device, tune_allocator
 
 MINED_POOL = 10  # hard negatives are drawn from each question's top-10 valid BM25 passages
 
@@ -159,6 +159,9 @@ class Trainer:
                                    attention_dropout=m.attention_dropout)
             self.peers.append(DualEncoder(enc) if m.tied else DualEncoder.untie(enc))
             self.kept_layers.append(keep)
+        self.device = resolve_device(cfg.train.device)
+        for dual in self.peers:
+            dual.to(self.device)
         depth = self.peers[0].question.num_layers
         if any(p.question.num_layers != depth or p.question.dim != self.peers[0].question.dim for p in self.peers):
             raise ConfigError("model.peer: peers must share one structure (layers and hidden size)")
@@ -214,6 +217,7 @@ class Trainer:
             "peers": [dual.state_dict() for dual in self.peers],
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(), "history": json.dumps(self.history),
+            **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
             "best": json.dumps(self.best), "peer_best": json.dumps(self.peer_best),
         }
         with atomic_path(self.out / "checkpoint" / "state.pt") as tmp:
@@ -223,12 +227,14 @@ class Trainer:
         path = self.out / "checkpoint" / "state.pt"
         if not path.exists():
             return 0, 0
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location=self.device)
         for dual, sd in zip(self.peers, state["peers"]):
             dual.load_state_dict(sd)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
         self.step = int(state["step"])
         self.history = json.loads(state["history"])
         self.best = json.loads(state["best"])
@@ -262,7 +268,7 @@ class Trainer:
         corpus, titles = self.data.corpus, self.cfg.data.titles
         texts_q = [ex.question for ex in chunk]
         texts_p = [passage_text(corpus[p], titles) for p in cands]
-        y = torch.tensor(labels)
+        y = torch.tensor(labels, device=self.device)
         depth = self.peers[0].question.num_layers
         qs, ps, scores = [], [], []
         for dual in self.peers:
@@ -273,7 +279,7 @@ class Trainer:
         l = self.cfg.loss
         if self.method == "kd":
             qi, tq, pi, tp = self.teacher
-            t_scores = tq[[qi[ex.qid] for ex in chunk]] @ tp[[pi[p] for p in cands]].T
+            t_scores = (tq[[qi[ex.qid] for ex in chunk]] @ tp[[pi[p] for p in cands]].T).to(self.device)
             l_nll = losses.nll(scores[0], y, l.tau)
             l_kd = losses.offline_kd(scores[0], t_scores, l.tau, l.kl_temperature)
             loss = l_nll + self.alpha * l_kd

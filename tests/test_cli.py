@@ -100,3 +100,18 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_unavailable_device_is_one_line(tiny_beir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    result = invoke("evaluate", "--model", "bm25", "--dataset", tiny_beir, "--out", tmp_path / "r")
+    assert result.exit_code == 0  # bm25 needs no device
+    from onmkd.evaluate import EvalConfig, evaluate
+    from onmkd.data import load_dataset
+    from onmkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--device: 'cuda' asked for, but torch sees no CUDA device"):
+        evaluate(EvalConfig(model="minilm-l6", dataset="x", device="cuda"), load_dataset(str(tiny_beir)))
