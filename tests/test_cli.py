@@ -115,3 +115,11 @@ def test_unavailable_device_is_one_line(tiny_beir, tmp_path):
 
     with pytest.raises(ConfigError, match="--device: 'cuda' asked for, but torch sees no CUDA device"):
         evaluate(EvalConfig(model="minilm-l6", dataset="x", device="cuda"), load_dataset(str(tiny_beir)))
+
+
+def test_baselines_main_job_writes_table(tiny_beir, tiny_model_dir, tmp_path):
+    result = invoke("baselines", "--dataset", tiny_beir, "--models", f"bm25,{tiny_model_dir}", "--out", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "b" / "table__tiny-beir__test.md").read_text()
+    assert "bm25" in table and "ndcg@10" in table
+    assert len(list((tmp_path / "b").glob("*/metrics.json"))) == 2
