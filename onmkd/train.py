@@ -20,6 +20,7 @@ Run directory::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -140,8 +141,9 @@ def batches(examples: list[Example], cfg: RunConfig, epoch: int) -> list[tuple[l
 class Trainer:
     """Holds the peers, the optimiser and the run directory; ``run()`` trains to the end."""
 
-    def __init__(self, cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=print):
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=print, on_epoch=None):
         self.cfg, self.out, self.log = cfg, Path(out_dir), log
+        self.on_epoch = on_epoch  # called as on_epoch(epoch, dev_row) after each dev evaluation; may raise to stop
         self._check_run_dir()
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -367,6 +369,8 @@ class Trainer:
             metric = primary_metric(dev["peers"][0])
             self.log(f"dev {metric}: " + ", ".join(f"peer{k} {p[metric]:.4f}" for k, p in enumerate(dev["peers"]))
                      + (f", ensemble {dev['ensemble'][metric]:.4f}" if "ensemble" in dev else ""))
+            if self.on_epoch is not None:
+                self.on_epoch(epoch, dev)
             bad_epochs = 0 if improved else bad_epochs + 1
             if cfg.train.patience and bad_epochs >= cfg.train.patience:
                 self.log(f"early stop: no dev improvement for {bad_epochs} epochs")
@@ -417,10 +421,33 @@ def check_run_dir(cfg: RunConfig, out: Path) -> None:
         write_json(saved, {"onmkd_version": __version__, **cfg.to_dict()})
 
 
-def train(cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=print) -> dict:
-    """Train as ``cfg`` says into ``out_dir`` (resuming a run left there); returns final dev metrics."""
-    if (Path(out_dir) / "metrics.json").exists() and not (Path(out_dir) / "checkpoint").exists():
-        check_run_dir(cfg, Path(out_dir))
+def train(cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=print, on_epoch=None) -> dict:
+    """Train as ``cfg`` says into ``out_dir`` (resuming a run left there); returns final dev metrics.
+
+    ``on_epoch(epoch, dev_row)`` is called after every dev evaluation (the sweep reports to
+    Optuna and prunes there); the run directory is locked while training.
+    """
+    out = Path(out_dir)
+    if (out / "metrics.json").exists() and not (out / "checkpoint").exists():
+        check_run_dir(cfg, out)
         log(f"{out_dir}: finished already; metrics.json kept")
-        return json.loads((Path(out_dir) / "metrics.json").read_text())
-    return Trainer(cfg, out_dir, data, log).run()
+        return json.loads((out / "metrics.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):
+        return Trainer(cfg, out, data, log, on_epoch).run()
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path):
+    """Hold an exclusive lock on ``folder/.lock`` (released when the process dies, even by kill -9)."""
+    import fcntl
+
+    f = open(folder / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{folder}: another process is training in this run directory") from None
+        yield
+    finally:
+        f.close()
