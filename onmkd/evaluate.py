@@ -187,15 +187,20 @@ def score_run(run: dict[str, dict[str, float]], data: Dataset, split_name: str) 
     return metrics
 
 
-def evaluate(cfg: EvalConfig, data: Dataset, out_dir: str | Path | None = None, retriever=None) -> dict[str, float]:
+def evaluate(cfg: EvalConfig, data: Dataset, out_dir: str | Path | None = None, retriever=None,
+             extra=None) -> dict[str, float]:
     """Retrieve for ``cfg.split`` and compute answer accuracy, qrels metrics and efficiency.
 
     With ``out_dir``: writes ``config.json``, ``run.trec`` and ``metrics.json`` (last) there.
+    ``extra``: a function of the retriever returning more flat metrics (e.g. measured latency)
+    to store in the same ``metrics.json``.
     """
     data.split(cfg.split)
     run, stats = retrieve(cfg, data, retriever)
     metrics = score_run(run, data, cfg.split)
     metrics.update(stats)
+    if extra is not None:
+        metrics.update(extra(retriever))
     if out_dir is not None:
         out = Path(out_dir)
         write_json(out / "config.json", {"onmkd_version": __version__, "command": "evaluate", **cfg.to_dict(),
