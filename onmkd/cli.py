@@ -13,7 +13,7 @@ import typer
 
 from onmkd.errors import OnmkdError
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Train, benchmark and ablate small dense passage retrievers (OnMKD).")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect data sets.")
 models_app = typer.Typer(no_args_is_help=True, help="The checkpoint registry.")
@@ -94,6 +94,7 @@ def evaluate_cmd(
     titles: Annotated[bool, typer.Option(help="Index passages as 'title text' (BEIR, DPR); --no-titles: text alone.")] = True,
     cache: Annotated[bool, typer.Option(help="Reuse encoded corpora from the cache.")] = True,
     device: Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N.")] = "auto",
+    backend: Annotated[str, typer.Option(help="Inference backend: torch (fp32), int8, onnx, onnx-int8 (the last three on the CPU).")] = "torch",
 ) -> None:
     """Evaluate a retriever on one split: accuracy, recall, MRR, nDCG; writes config, metrics and a TREC run."""
     from onmkd.data import load_dataset
@@ -103,8 +104,9 @@ def evaluate_cmd(
 
     cfg = EvalConfig(model=model, dataset=dataset, split=split, q_max_len=q_max_len, p_max_len=p_max_len,
                      batch_size=batch_size, top_k=top_k, index=IndexSpec(kind=index), titles=titles, cache=cache,
-                     device=device)
-    out = out or Path("runs") / "evaluate" / f"{_slug(model)}__{_slug(dataset)}__{split}{'' if titles else '__notitle'}"
+                     device=device, backend=backend)
+    suffix = ("" if titles else "__notitle") + ("" if backend == "torch" else f"__{backend}")
+    out = out or Path("runs") / "evaluate" / f"{_slug(model)}__{_slug(dataset)}__{split}{suffix}"
     data = load_dataset(dataset)
     metrics = evaluate(cfg, data, out_dir=out)
     typer.echo(metrics_table([{"model": model, **metrics}]))
@@ -184,6 +186,122 @@ def diagnose_cmd(run_dir: Annotated[Path, typer.Argument(help="A training run di
     if d["dev"]:
         typer.echo("\nDev, per epoch:")
         typer.echo(to_markdown([{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in d["dev"]]))
+
+
+@app.command("sweep")
+@_errors
+def sweep_cmd(
+    space: Annotated[Optional[Path], typer.Option("--space", "-s", help="Search-space TOML [default: the bundled small study on SQuAD].")] = None,
+    study_dir: Annotated[Optional[Path], typer.Option(help="Study directory [default: runs/sweep/STUDY_NAME].")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db [default: sqlite in the study directory].")] = None,
+    n_trials: Annotated[Optional[int], typer.Option(help="The study's total of finished trials, over all workers [default: the space's study.n_trials].")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Stop taking new trials after this many seconds.")] = None,
+    final: Annotated[bool, typer.Option(help="After the trials: train the best configs with the final seeds and evaluate on test. --no-final for extra workers.")] = True,
+    report: Annotated[bool, typer.Option(help="Write the report into STUDY_DIR/report at the end.")] = True,
+    check: Annotated[bool, typer.Option(help="Check the search space, print it and stop.")] = False,
+) -> None:
+    """Run or resume an Optuna study over config fields; select on dev, evaluate the best on test, report.
+
+    Rerunning the same command resumes: finished trials are kept, a trial cut short is retried
+    and resumes its training. Several workers may share one study through --storage."""
+    from onmkd.space import load_space
+
+    sp = load_space(space)
+    if check:
+        typer.echo(f"{sp.source}: study {sp.study.name!r}, objectives {list(sp.study.objectives)}, "
+                   f"{sp.study.n_trials} trials, {len(sp.params)} params:")
+        for p in sp.params:
+            rng = f"[{p.low}, {p.high}]{' log' if p.log else ''}" if p.kind != "categorical" else f"{list(p.choices)}"
+            typer.echo(f"  {p.path}: {p.kind} {rng}" + (f" when {dict(p.when)}" if p.when else ""))
+        return
+    from onmkd.sweep import sweep
+
+    out = study_dir or Path("runs") / "sweep" / sp.study.name
+    sweep(sp, out, storage=storage, n_trials=n_trials, timeout=timeout, final=final, report=report,
+          log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"study directory: {out}")
+    if report:
+        typer.echo(f"report: {out / 'report' / 'README.md'}")
+
+
+@app.command("report")
+@_errors
+def report_cmd(
+    dirs: Annotated[list[Path], typer.Argument(help="Study, paper, training or evaluation directories (searched below).")],
+    out: Annotated[Path, typer.Option(help="Folder for the CSV, tables and figures.")] = Path("reports"),
+    reference: Annotated[Optional[str], typer.Option(help="Label of the full method in the ablation table [default: the first OnMKD label].")] = None,
+) -> None:
+    """Tables (Markdown, LaTeX), a tidy CSV and figures (PNG, PDF) from finished runs."""
+    from onmkd.report import build_report
+
+    command = "onmkd-bench report " + " ".join(str(d) for d in dirs) + f" --out {out}"
+    build_report(dirs, out, command=command, reference=reference, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"report: {out / 'README.md'}")
+
+
+@app.command("paper")
+@_errors
+def paper_cmd(
+    plan: Annotated[Path, typer.Option("--plan", "-p", help="Plan of the paper's tables.")] = Path("experiments/paper.toml"),
+    out: Annotated[Path, typer.Option(help="Folder of the runs and the manifest (rerunning resumes).")] = Path("runs/paper"),
+    report_dir: Annotated[Path, typer.Option("--report", help="Folder for the report.")] = Path("reports/paper"),
+    seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Seeds (repeatable) [default: the plan's].")] = None,
+    table: Annotated[Optional[list[str]], typer.Option(help="Only these tables: main, layers, ablation (repeatable).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field of every run: section.field=value.")] = None,
+) -> None:
+    """Train and evaluate every run of the paper's tables (main, layers, ablations) and write the report."""
+    from onmkd.paper import load_plan, run_paper
+
+    p = load_plan(plan, set_ or [])
+    command = " ".join(["onmkd-bench paper --plan", str(plan), "--out", str(out), "--report", str(report_dir)]
+                       + [f"--seed {s}" for s in seeds or []] + [f"--table {t}" for t in table or []]
+                       + [f"--set {x}" for x in set_ or []])
+    run_paper(p, out, seeds=tuple(seeds) if seeds else None, tables=tuple(table or ()), report_dir=report_dir,
+              command=command, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"report: {report_dir / 'README.md'}")
+
+
+@app.command("profile")
+@_errors
+def profile_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Registry name, checkpoint folder or training run directory.")],
+    dataset: DatasetOpt = "squad",
+    split: Annotated[str, typer.Option(help="Split whose questions give the latencies.")] = "test",
+    backend: Annotated[str, typer.Option(help="Inference backend: torch (fp32), int8, onnx, onnx-int8 (the last three on the CPU).")] = "torch",
+    q_max_len: Annotated[int, typer.Option(help="Question tokens kept.")] = 64,
+    p_max_len: Annotated[int, typer.Option(help="Passage tokens kept.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+    index: Annotated[str, typer.Option(help="faiss index: flat (exact), hnsw, ivfpq.")] = "flat",
+    n_latency: Annotated[int, typer.Option(help="Questions timed one at a time (after 20 not timed).")] = 200,
+    max_passages: Annotated[Optional[int], typer.Option(help="Encode only the first N passages [default: all].")] = None,
+    device: Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N (torch backend).")] = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="JSON file [default: runs/profile/MODEL__DATASET[__BACKEND].json].")] = None,
+) -> None:
+    """Efficiency of a retriever: parameters, checkpoint and index bytes, query latency p50/p95/p99, corpus
+    throughput, search latency, end-to-end QPS, peak memory, FLOPs and the fraction of the measured matmul peak."""
+    from onmkd.data import load_dataset
+    from onmkd.index import IndexSpec
+    from onmkd.io import write_json
+    from onmkd.profile import profile_retriever
+    from onmkd.report import to_markdown
+
+    if model == "bm25":
+        raise typer.BadParameter("profile measures dense encoders; bm25 has no encoder", param_hint="--model")
+    data = load_dataset(dataset)
+    result = profile_retriever(model, data, split, q_max_len=q_max_len, p_max_len=p_max_len, batch_size=batch_size,
+                               index=IndexSpec(kind=index), backend=backend, n_latency=n_latency, device=device,
+                               max_passages=max_passages)
+    command = (f"onmkd-bench profile --model {model} --dataset {dataset} --split {split} --backend {backend} "
+               f"--q-max-len {q_max_len} --p-max-len {p_max_len} --batch-size {batch_size} --index {index} "
+               f"--n-latency {n_latency} --device {device}" + (f" --max-passages {max_passages}" if max_passages else ""))
+    result = {"command": command, "dataset": dataset, **result}
+    out = out or Path("runs") / "profile" / f"{_slug(model)}__{_slug(dataset)}{'' if backend == 'torch' else '__' + backend}.json"
+    write_json(out, result)
+    rows = [{"figure": k, "value": (f"{v:.4g}" if isinstance(v, float) else v)} for k, v in result.items()
+            if k not in ("command", "model", "dataset")]
+    typer.echo(f"{model} on {dataset} ({split}), backend {backend}")
+    typer.echo(to_markdown(rows))
+    typer.echo(f"written: {out}")
 
 
 def main() -> None:

@@ -1,0 +1,177 @@
+"""``onmkd-bench paper``: every table of the paper from one plan file, trained, evaluated, reported.
+
+A plan (``experiments/paper.toml``) names, per table, the run configs (paths relative to the
+plan) and the seeds; ``[paper] budget`` overrides every training config (e.g. a CPU budget).
+Runs are keyed by their full config, so a run that appears in several tables (the full OnMKD
+in the main, layer and ablation tables) is trained once, and a rerun resumes: finished
+trainings and evaluations are kept. Test numbers are read only after training, which selects
+on dev alone.
+
+    [paper]
+    seeds = [0, 1, 2]
+    split = "test"
+    encoders = ["minilm-l6", "minilm-l3", "bm25"]      # evaluated as released (table a)
+    budget = { "data.max_train_questions" = 1024 }       # optional, applied to every run
+
+    [[main]]                                             # table (a), one entry per row
+    label = "DPR (2 layers)"
+    role = "same-depth baseline"                         # or "onmkd"
+    config = "dpr.toml"
+
+    [layers]                                             # table (b)
+    layers = [1, 2, 3]
+    configs = { OnMKD = "onmkd.toml", DPR = "dpr.toml" }
+
+    [ablations]                                          # table (c)
+    reference = "onmkd.toml"                             # the full method
+    configs = { "no KL" = "../ablations/no-kl.toml", ... }
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from onmkd.config import RunConfig, load_config
+from onmkd.errors import ConfigError
+from onmkd.io import write_json
+
+ROLES_MAIN = ("onmkd", "same-depth baseline")
+FULL = "full OnMKD"
+
+
+@dataclass(frozen=True)
+class Entry:
+    table: str
+    label: str
+    role: str
+    config: RunConfig
+    source: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: str
+    seeds: tuple[int, ...]
+    split: str
+    encoders: tuple[str, ...]
+    entries: tuple[Entry, ...]
+
+
+def _keys(table: dict, allowed: set, where: str) -> None:
+    for k in table:
+        if k not in allowed:
+            close = difflib.get_close_matches(k, sorted(allowed), n=1)
+            raise ConfigError(f"{where}: unknown key '{k}'" + (f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(sorted(allowed))})"))
+
+
+def _value(v) -> str:
+    return json.dumps(v)  # ints, floats, strings, booleans and lists read the same in TOML
+
+
+def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
+    """Read a plan; every config is loaded (with the budget and ``overrides``) and checked now."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such plan file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: {e}") from None
+    src = str(p)
+    _keys(raw, {"paper", "main", "layers", "ablations"}, src)
+    head = raw.get("paper", {})
+    _keys(head, {"seeds", "split", "encoders", "budget"}, f"{src}: paper")
+    seeds = tuple(head.get("seeds", (0, 1, 2)))
+    if not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{src}: paper.seeds: a non-empty list of integers, got {seeds!r}")
+    budget = [f"{k}={_value(v)}" for k, v in head.get("budget", {}).items()] + list(overrides)
+
+    def cfg(rel: str, where: str, extra: tuple[str, ...] = ()) -> RunConfig:
+        try:
+            c = load_config(p.parent / rel, [*budget, *extra])
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if c.data.dev_split == head.get("split", "test") or c.data.train_split == head.get("split", "test"):
+            raise ConfigError(f"{where}: trains or selects on the {head.get('split', 'test')!r} split")
+        return c
+
+    entries: list[Entry] = []
+    for i, e in enumerate(raw.get("main", [])):
+        where = f"{src}: main[{i}]"
+        _keys(e, {"label", "role", "config"}, where)
+        if "label" not in e or "config" not in e:
+            raise ConfigError(f"{where}: needs label and config")
+        role = e.get("role", "onmkd")
+        if role not in ROLES_MAIN:
+            raise ConfigError(f"{where}.role: {role!r} is not one of {', '.join(ROLES_MAIN)}")
+        entries.append(Entry("main", e["label"], role, cfg(e["config"], where), e["config"]))
+    lay = raw.get("layers", {})
+    if lay:
+        _keys(lay, {"layers", "configs"}, f"{src}: layers")
+        for name, rel in lay.get("configs", {}).items():
+            for n in lay.get("layers", []):
+                c = cfg(rel, f"{src}: layers.configs.{name} (layers = {n})", (f"model.layers={n}",))
+                role = "onmkd" if c.train.method == "onmkd" else "same-depth baseline"
+                entries.append(Entry("layers", f"{name} ({n} layer{'s' if n != 1 else ''})", role, c, rel))
+    abl = raw.get("ablations", {})
+    if abl:
+        _keys(abl, {"reference", "configs"}, f"{src}: ablations")
+        if "reference" in abl:
+            entries.append(Entry("ablation", FULL, "ablation", cfg(abl["reference"], f"{src}: ablations.reference"), abl["reference"]))
+        for name, rel in abl.get("configs", {}).items():
+            entries.append(Entry("ablation", name, "ablation", cfg(rel, f"{src}: ablations.configs.{name}"), rel))
+    if not entries:
+        raise ConfigError(f"{src}: no runs: add [[main]] entries, [layers] or [ablations]")
+    return Plan(src, seeds, head.get("split", "test"), tuple(head.get("encoders", ())), tuple(entries))
+
+
+def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, tables: tuple[str, ...] = (),
+              report_dir: Path | None = None, command: str = "", log=print) -> Path:
+    """Train and evaluate every entry with every seed (resuming), write the manifest and the report."""
+    from onmkd.data import load_dataset
+    from onmkd.models import REGISTRY
+    from onmkd.space import config_hash
+    from onmkd.sweep import test_evaluate
+    from onmkd.train import hold_out_dev, train
+
+    out = Path(out)
+    seeds = tuple(seeds or plan.seeds)
+    entries = [e for e in plan.entries if not tables or e.table in tables]
+    datasets: dict[str, object] = {}
+    rows: list[dict] = []
+    for k, e in enumerate(entries):
+        for seed in seeds:
+            cfg = replace(e.config, train=replace(e.config.train, seed=seed))
+            if cfg.data.dataset not in datasets:
+                datasets[cfg.data.dataset] = hold_out_dev(load_dataset(cfg.data.dataset), cfg)
+            data = datasets[cfg.data.dataset]
+            run = out / "runs" / config_hash(cfg)
+            log(f"[{k + 1}/{len(entries)}] {e.table}: {e.label}, seed {seed} -> {run}")
+            train(cfg, run, data, log=lambda m: None)
+            test_evaluate(str(run), run / plan.split, data, cfg, plan.split, 100)
+            rows.append({"path": str((run / plan.split).relative_to(out)), "label": e.label, "role": e.role,
+                         "table": e.table, "method": cfg.train.method, "layers": cfg.model.layers, "seed": seed,
+                         "split": plan.split, "stage": "paper", "experiment": e.source})
+    main = [e for e in entries if e.table == "main"] or list(entries)
+    if plan.encoders and main:
+        cfg = main[0].config
+        data = datasets.get(cfg.data.dataset) or hold_out_dev(load_dataset(cfg.data.dataset), cfg)
+        for name in plan.encoders:
+            target = out / "baselines" / name.replace("/", "_")
+            log(f"{name} as released -> {target}")
+            test_evaluate(name, target, data, cfg, plan.split, 100)
+            ck = REGISTRY.get(name)
+            role = "lexical" if name == "bm25" else ("teacher" if ck and ck.role == "teacher" else "small baseline")
+            rows.append({"path": str(target.relative_to(out)), "label": name, "role": role, "table": "main",
+                         "method": "bm25" if name == "bm25" else "encoder", "layers": ck.layers if ck else None,
+                         "seed": None, "split": plan.split, "stage": "paper"})
+    write_json(out / "manifest.json", {"kind": "paper", "plan": plan.source, "split": plan.split, "seeds": list(seeds),
+                                       "reference": FULL, "selection": "dev", "runs": rows})
+    from onmkd.report import build_report
+
+    build_report([out], report_dir or out / "report", command=command, log=log)
+    return out
