@@ -225,7 +225,7 @@ def _cell(values: pd.Series, digits: int = 3) -> str:
     v = values.dropna()
     if v.empty:
         return "-"
-    if len(v) == 1:
+    if len(v) == 1 or v.nunique() == 1:  # one run, or a quantity that seeds do not change (size)
         return f"{v.iloc[0]:.{digits}f}"
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
