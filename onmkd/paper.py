@@ -130,8 +130,11 @@ def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 
 def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, tables: tuple[str, ...] = (),
-              report_dir: Path | None = None, command: str = "", log=print) -> Path:
-    """Train and evaluate every entry with every seed (resuming), write the manifest and the report."""
+              report_dir: Path | None = None, command: str = "", remeasure: bool = False, log=print) -> Path:
+    """Train and evaluate every entry with every seed (resuming), write the manifest and the report.
+
+    ``remeasure``: measure the efficiency columns of finished evaluations again (quality kept).
+    """
     from onmkd.data import load_dataset
     from onmkd.models import REGISTRY
     from onmkd.space import config_hash
@@ -152,7 +155,7 @@ def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, ta
             run = out / "runs" / config_hash(cfg)
             log(f"[{k + 1}/{len(entries)}] {e.table}: {e.label}, seed {seed} -> {run}")
             train(cfg, run, data, log=lambda m: None)
-            test_evaluate(str(run), run / plan.split, data, cfg, plan.split, 100)
+            test_evaluate(str(run), run / plan.split, data, cfg, plan.split, 100, remeasure=remeasure)
             rows.append({"path": str((run / plan.split).relative_to(out)), "label": e.label, "role": e.role,
                          "table": e.table, "method": cfg.train.method, "layers": cfg.model.layers, "seed": seed,
                          "split": plan.split, "stage": "paper", "experiment": e.source})
@@ -163,7 +166,7 @@ def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, ta
         for name in plan.encoders:
             target = out / "baselines" / name.replace("/", "_")
             log(f"{name} as released -> {target}")
-            test_evaluate(name, target, data, cfg, plan.split, 100)
+            test_evaluate(name, target, data, cfg, plan.split, 100, remeasure=remeasure)
             ck = REGISTRY.get(name)
             role = "lexical" if name == "bm25" else ("teacher" if ck and ck.role == "teacher" else "small baseline")
             rows.append({"path": str(target.relative_to(out)), "label": name, "role": role, "table": "main",

@@ -389,14 +389,25 @@ def baseline_config(cfg: RunConfig, method: str) -> RunConfig:
     return replace(cfg, model=replace(cfg.model, peers=1, peer=(first,)), train=replace(cfg.train, method=method))
 
 
-def test_evaluate(model: str, out: Path, data, cfg: RunConfig, split: str, latency_queries: int, retriever=None) -> dict:
-    """Evaluate on ``split`` with the run's lengths; efficiency in the same metrics.json. Kept when done."""
+def test_evaluate(model: str, out: Path, data, cfg: RunConfig, split: str, latency_queries: int, retriever=None,
+                  remeasure: bool = False) -> dict:
+    """Evaluate on ``split`` with the run's lengths; efficiency in the same metrics.json. Kept when done.
+
+    ``remeasure``: keep the retrieval metrics of a finished evaluation but measure its efficiency
+    (size, latency) again, e.g. on a quiet machine after runs that shared it.
+    """
     from onmkd.evaluate import EvalConfig, evaluate, load_retriever
     from onmkd.profile import efficiency
 
     path = out / "metrics.json"
     if path.exists():
         m = json.loads(path.read_text())
+        if model != "bm25" and "query_ms_p50" in m and remeasure:
+            questions = list(data.split(split).queries.values())
+            m.update(efficiency(retriever or load_retriever(model), questions, q_max_len=cfg.data.q_max_len,
+                                n_latency=latency_queries))
+            write_json(path, m)
+            return m
         if model == "bm25" or "query_ms_p50" in m:
             return m
     d = cfg.data
