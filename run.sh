@@ -25,7 +25,7 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_
 export TOKENIZERS_PARALLELISM=false
 
 case "${1:-}" in
-  main) setup; shift; onmkd-bench baselines "$@" ;;
+  main) setup; shift; onmkd-bench sweep "$@" ;;
   test) setup; shift; python -m pytest "$@" ;;
   *) echo "usage: ./run.sh main|test [extra arguments]" >&2; exit 64 ;;
 esac

@@ -487,7 +487,13 @@ def optuna_history(study: optuna.Study, target_name: str = "dev acc@20") -> Figu
         return None
     from optuna.visualization.matplotlib import plot_optimization_history
 
-    return _optuna_plot(plot_optimization_history, study, target_name, _first_objective(study))
+    fig = _optuna_plot(plot_optimization_history, study, target_name, _first_objective(study))
+    if fig is not None:
+        from matplotlib.ticker import MaxNLocator
+
+        for ax in fig.axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
 
 
 def optuna_importances(study: optuna.Study, target_name: str = "dev acc@20") -> Figure | None:

@@ -473,7 +473,7 @@ def final_step(space: Space, study, study_dir: Path, data, log=print) -> list[di
         test_evaluate(name, out, data, eval_cfg, f.split, n_lat)
         ck = REGISTRY.get(name)
         role = "lexical" if name == "bm25" else ({"teacher": "teacher"}.get(ck.role, "small baseline") if ck else "small baseline")
-        entries.append({"path": str(out.relative_to(study_dir)), "label": name, "role": role,
+        entries.append({"path": str(out.relative_to(study_dir)), "label": Path(name).name if Path(name).exists() else name, "role": role,
                         "method": "bm25" if name == "bm25" else "encoder", "layers": ck.layers if ck else None,
                         "seed": None, "split": f.split, "stage": "final"})
     write_json(study_dir / MANIFEST, {"kind": "sweep", "study": study.study_name, "split": f.split,
