@@ -385,6 +385,17 @@ def build_report(dirs, out, *, command: str = "", reference: str | None = None, 
     index = ["# Report", "", f"Made by: `{command}`" if command else "", "",
              f"Sources: {', '.join(map(str, dirs))}. `results.csv` holds every run's numbers (a row per run and "
              "split, with the metrics.json or trial it came from); tables show mean ± std over n seeds (sample std).", ""]
+    for d in dirs:
+        man = Path(d) / "manifest.json"
+        if man.exists():
+            m = _read_json(man)
+            if m.get("kind") == "sweep":
+                index += [f"**{d}: final step.** The trained rows of the main table are the best configuration "
+                          f"chosen on dev by the study's trials, trained again with new seeds and evaluated once on "
+                          f"the {m.get('split', 'test')} split beside the baselines; the trials never read it.", ""]
+            elif m.get("kind") == "paper":
+                index += [f"**{d}: paper plan {m.get('plan', '')}**, seeds {m.get('seeds')}; checkpoints selected "
+                          f"on dev, evaluated once on the {m.get('split', 'test')} split.", ""]
     for name, (table, caption) in tables.items():
         if table.empty:
             continue

@@ -499,6 +499,7 @@ def sweep(space: Space, study_dir: Path, *, storage: str | None = None, n_trials
     data = hold_out_dev(data, cfg0)
     data.split(cfg0.data.dev_split)
     study = open_study(space, study_dir, storage)
+    timeout = timeout if timeout is not None else (space.study.timeout or None)
     run_trials(space, study, study_dir, data, n_trials=n, timeout=timeout, log=log)
     if final:
         import fcntl
