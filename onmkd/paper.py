@@ -141,6 +141,9 @@ def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, ta
     from onmkd.sweep import test_evaluate
     from onmkd.train import hold_out_dev, train
 
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # a log line per run; no encoding progress bars
     out = Path(out)
     seeds = tuple(seeds or plan.seeds)
     entries = [e for e in plan.entries if not tables or e.table in tables]

@@ -2,7 +2,7 @@
 
 A space file has up to five sections::
 
-    [study]    name, objectives, n_trials, timeout, sampler, seed, pruner, ... (see StudySpec)
+    [study]    name, objectives, n_trials, timeout, budget_s, sampler, seed, pruner, ... (StudySpec)
     [base]     config = "path/to/run.toml"  (relative to the space file; omitted: the defaults)
     [fixed]    "section.field" = value        every trial gets these (the trials' budget)
     [params]   "section.field" = { type = "float", low = 0.1, high = 10.0, log = true }
@@ -46,10 +46,16 @@ METHODS_FINAL = ("dpr", "kd", "dml")
 
 @dataclass(frozen=True)
 class StudySpec:
+    """``timeout``: no new trial after this many seconds of this command (0: none).
+    ``budget_s``: wall-clock budget of one ``sweep`` command, trials and final step together:
+    after each trial, no new one starts if the time used, one more trial and the final step
+    (estimated from the trials' own durations) would pass it (0: none)."""
+
     name: str = "sweep"
     objectives: tuple[str, ...] = ("acc@20",)
     n_trials: int = 20
     timeout: float = 0.0
+    budget_s: float = 0.0
     sampler: str = "tpe"
     seed: int = 0
     startup_trials: int = 4
@@ -330,6 +336,8 @@ def _check_study(study: StudySpec, final: FinalSpec, src: str) -> None:
         raise ConfigError(f"{src}: study.sampler: {study.sampler!r} is not one of tpe, random, nsga2, gp")
     if study.pruner not in ("median", "hyperband", "none"):
         raise ConfigError(f"{src}: study.pruner: {study.pruner!r} is not one of median, hyperband, none")
+    if study.budget_s < 0:
+        raise ConfigError(f"{src}: study.budget_s: ≥ 0 seconds, got {study.budget_s}")
     if study.timeout < 0 or study.latency_queries < 1 or study.heartbeat_s < 1 or study.grace_s <= study.heartbeat_s:
         raise ConfigError(f"{src}: study: timeout ≥ 0, latency_queries ≥ 1 and grace_s > heartbeat_s ≥ 1 are needed")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", study.name):

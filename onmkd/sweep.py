@@ -287,6 +287,7 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"epoch {epoch + 1}: dev {objectives[0]} {value:.4f}")
 
+        t0 = time.monotonic()
         try:
             result = train(cfg, run, self.data, log=lambda m: None, on_epoch=on_epoch)
         except optuna.TrialPruned:
@@ -302,6 +303,7 @@ class Objective:
         trial.set_user_attr("dev", dev)
         eff = measure_student(run, self.data, cfg, self.space.study.latency_queries)
         trial.set_user_attr("efficiency", eff)
+        trial.set_user_attr("seconds", time.monotonic() - t0)
         out = tuple(eff[o] if o in eff else dev[o] for o in objectives)
         self.log(f"trial {trial.number}: dev {objectives[0]} {dev[objectives[0]]:.4f}"
                  f"  latency p50 {eff['query_ms_p50']:.2f} ms  ({result['steps']} steps)")
@@ -326,7 +328,8 @@ def measure_student(run: Path, data, cfg: RunConfig, n: int) -> dict:
     return efficiency(dual, list(split.queries.values()), q_max_len=cfg.data.q_max_len, n_latency=n)
 
 
-def run_trials(space: Space, study, study_dir: Path, data, *, n_trials: int, timeout: float | None, log=print) -> None:
+def run_trials(space: Space, study, study_dir: Path, data, *, n_trials: int, timeout: float | None, log=print,
+               started: float | None = None) -> None:
     optuna = _optuna()
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
@@ -339,10 +342,40 @@ def run_trials(space: Space, study, study_dir: Path, data, *, n_trials: int, tim
         return
     log(f"study {study.study_name}: {done} of {n_trials} trials finished; running the rest")
     objective = Objective(space, study_dir, data, n_trials, log)
-    stop = MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    callbacks = [MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))]
+    if space.study.budget_s and started is not None:
+        callbacks.append(BudgetStop(space, started, log))
     with _sigterm_as_interrupt():
-        study.optimize(objective, n_trials=None, timeout=timeout or None, callbacks=[stop],
+        study.optimize(objective, n_trials=None, timeout=timeout or None, callbacks=callbacks,
                        catch=(Surplus,), gc_after_trial=True)
+
+
+def final_cost(space: Space, trial_s: float) -> float:
+    """Seconds the final step should take, from the mean duration of a complete trial."""
+    f = space.final
+    runs = f.top * len(f.seeds) * (1 + 0.6 * len(f.baselines))
+    return trial_s * (runs + 0.4 * len(f.encoders) + (0.3 if f.reference else 0)) + 30
+
+
+class BudgetStop:
+    """Stop taking trials when one more trial and the final step would pass ``study.budget_s``."""
+
+    def __init__(self, space: Space, started: float, log=print):
+        self.space, self.started, self.log = space, started, log
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "seconds" in t.user_attrs]
+        if not done:
+            return
+        mean = sum(t.user_attrs["seconds"] for t in done) / len(done)
+        used = time.monotonic() - self.started
+        need = mean + final_cost(self.space, mean)
+        if used + need > self.space.study.budget_s:
+            self.log(f"budget: {used:.0f} s used, a trial takes about {mean:.0f} s and the final step about "
+                     f"{final_cost(self.space, mean):.0f} s; no new trial within study.budget_s = {self.space.study.budget_s:.0f} s")
+            study.stop()
 
 
 def wait_for_running(study, log=print, poll_s: float = 10.0) -> None:
@@ -486,6 +519,8 @@ def sweep(space: Space, study_dir: Path, *, storage: str | None = None, n_trials
     """Run (or resume) the study, then the final step and the report; returns the study directory."""
     from onmkd.data import load_dataset
 
+    started = time.monotonic()
+    os.environ.setdefault("TQDM_DISABLE", "1")  # a log line per trial and run; no encoding progress bars
     study_dir = Path(study_dir)
     n = n_trials if n_trials is not None else space.study.n_trials
     if n < 1:
@@ -500,7 +535,7 @@ def sweep(space: Space, study_dir: Path, *, storage: str | None = None, n_trials
     data.split(cfg0.data.dev_split)
     study = open_study(space, study_dir, storage)
     timeout = timeout if timeout is not None else (space.study.timeout or None)
-    run_trials(space, study, study_dir, data, n_trials=n, timeout=timeout, log=log)
+    run_trials(space, study, study_dir, data, n_trials=n, timeout=timeout, log=log, started=started)
     if final:
         import fcntl
 

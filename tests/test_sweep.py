@@ -132,7 +132,7 @@ def test_default_space_and_sampled_configs():
                         "model.layers": 3, "loss.alpha": 0.5})
     assert [p.checkpoint for p in cfg.model.peer] == ["minilm-l6", "minilm-l6"]
     assert [p.layer_rule for p in cfg.model.peer] == ["even", "even"]
-    assert (cfg.model.layers, cfg.loss.alpha, cfg.data.max_train_questions) == (3, 0.5, 512)
+    assert (cfg.model.layers, cfg.loss.alpha, cfg.data.max_train_questions) == (3, 0.5, 256)
 
 
 def test_conditional_param_is_sampled_only_when_its_condition_holds(tmp_path, tiny_model_dir, tiny_squad):
@@ -213,6 +213,17 @@ def test_pruned_trial_stops_training_and_drops_its_checkpoint(tmp_path, tiny_mod
         run = tmp_path / "study" / t.user_attrs["run"]
         assert list(t.intermediate_values) == [0]
         assert not (run / "checkpoint").exists() and not (run / "metrics.json").exists()
+
+
+def test_budget_stops_taking_trials_when_the_final_step_would_not_fit(tmp_path, tiny_model_dir, tiny_squad):
+    from onmkd.sweep import sweep
+
+    space = load_space(write_space(tmp_path, tiny_model_dir, tiny_squad, trials=4, epochs=1, study="budget_s = 1"))
+    logs = []
+    sweep(space, tmp_path / "study", final=False, report=False, log=logs.append)
+    study = study_of(tmp_path / "study")
+    assert len(study.trials) == 1 and study.trials[0].user_attrs["seconds"] > 0
+    assert any(m.startswith("budget: ") for m in logs)
 
 
 def test_ctrl_c_marks_the_trial_and_the_rerun_retries_it(tmp_path, tiny_model_dir, tiny_squad, monkeypatch):
