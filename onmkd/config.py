@@ -98,6 +98,7 @@ class TrainConfig:
     select: str = _f("best", "the student to deploy: best (the peer with the highest dev score; every peer is saved too)")
     threads: int = _f(0, "torch threads (0: torch's default)")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
+    grad_cache_chunk: int = _f(0, "0: off; N: cached gradients (GradCache): encode the batch in sub-batches of N texts without keeping activations, compute the loss on the detached vectors, then re-encode each sub-batch with gradients (same dropout masks: the random state is replayed) and back-propagate the vectors' gradients: the same loss and gradients as the full batch (up to float rounding; with dropout on, the masks are those of N-text sub-batches) with the activation memory of N texts, for one extra forward pass. Questions and passages alike; every method")
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,8 @@ def validate(cfg: RunConfig) -> None:
     nonneg = {"data.hard_negatives": d.hard_negatives, "data.max_train_questions": d.max_train_questions,
               "model.layers": m.layers, "model.attention_dropout": m.attention_dropout, "loss.alpha": l.alpha, "loss.beta": l.beta, "train.warmup": t.warmup,
               "train.weight_decay": t.weight_decay, "train.max_grad_norm": t.max_grad_norm,
-              "train.patience": t.patience, "train.threads": t.threads}
+              "train.patience": t.patience, "train.threads": t.threads,
+              "train.grad_cache_chunk": t.grad_cache_chunk}
     for name, v in nonneg.items():
         if v < 0:
             raise ConfigError(f"{name}: must be ≥ 0, got {v}")

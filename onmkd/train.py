@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onmkd import __version__, losses
+from onmkd import __version__, gradcache, losses
 from onmkd.config import RunConfig, from_dict
 from onmkd.data import Dataset, Split, load_dataset, passage_text
 from onmkd.errors import ConfigError, DataError
@@ -266,18 +266,24 @@ class Trainer:
         pv = dual.passage.embed_texts(texts_p, max_length=d.p_max_len, layers=self.layers_needed, chunk=d.length_chunk)
         return qv, pv
 
-    def train_step(self, chunk: list[Example], cands: list[str], labels: list[int]) -> dict[str, float]:
-        corpus, titles = self.data.corpus, self.cfg.data.titles
-        texts_q = [ex.question for ex in chunk]
-        texts_p = [passage_text(corpus[p], titles) for p in cands]
-        y = torch.tensor(labels, device=self.device)
+    def _tower(self, enc, texts: list[str], max_length: int, chunk: int) -> gradcache.Tower:
+        """``texts`` as GradCache sub-batches of ``chunk``: sorted by length, each padded to its
+        longest member (as :meth:`Encoder.embed_texts` splits them), then put back in input order."""
+        ids = enc.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        chunks = []
+        for start in range(0, len(order), chunk):
+            batch = enc.tokenizer.pad({"input_ids": [ids[i] for i in order[start : start + chunk]]}, return_tensors="pt")
+            chunks.append((batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)))
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        layers = self.layers_needed
+        return gradcache.Tower(lambda c: enc(c[0], c[1], layers), chunks, inverse.to(self.device))
+
+    def _loss(self, qs, ps, chunk: list[Example], cands: list[str], y: torch.Tensor):
+        """The step's loss and its logs from each peer's ``{layer: vectors}`` of questions and candidates."""
         depth = self.peers[0].question.num_layers
-        qs, ps, scores = [], [], []
-        for dual in self.peers:
-            qv, pv = self._encode(dual, texts_q, texts_p)
-            qs.append(qv)
-            ps.append(pv)
-            scores.append(qv[depth] @ pv[depth].T)
+        scores = [qv[depth] @ pv[depth].T for qv, pv in zip(qs, ps)]
         l = self.cfg.loss
         if self.method == "kd":
             qi, tq, pi, tp = self.teacher
@@ -285,13 +291,46 @@ class Trainer:
             l_nll = losses.nll(scores[0], y, l.tau)
             l_kd = losses.offline_kd(scores[0], t_scores, l.tau, l.kl_temperature)
             loss = l_nll + self.alpha * l_kd
-            logs = {"nll/0": l_nll.item(), "kd/0": l_kd.item(), "total/0": loss.item(), "total": loss.item()}
-        else:
-            loss, logs = losses.onmkd_total(
-                scores, qs, ps, y, tau=l.tau, alpha=self.alpha, kl_temperature=l.kl_temperature, beta=self.beta,
-                tau_c=l.cross_temperature, layer_map=self.layer_map, kl_detach=l.kl_detach, cross_detach=l.cross_detach)
+            return loss, {"nll/0": l_nll.item(), "kd/0": l_kd.item(), "total/0": loss.item(), "total": loss.item()}
+        return losses.onmkd_total(
+            scores, qs, ps, y, tau=l.tau, alpha=self.alpha, kl_temperature=l.kl_temperature, beta=self.beta,
+            tau_c=l.cross_temperature, layer_map=self.layer_map, kl_detach=l.kl_detach, cross_detach=l.cross_detach)
+
+    def backward(self, chunk: list[Example], cands: list[str], labels: list[int]) -> dict[str, float]:
+        """Zero the gradients, then accumulate the step's loss gradients into every peer; returns the logs.
+
+        With ``train.grad_cache_chunk`` the vectors are computed and back-propagated sub-batch by
+        sub-batch (:func:`onmkd.gradcache.cached_backward`), in the same tower order as the plain
+        path (peer 0 questions, peer 0 passages, peer 1 questions, …), so the random stream
+        after the step is the same either way.
+        """
+        corpus, titles = self.data.corpus, self.cfg.data.titles
+        texts_q = [ex.question for ex in chunk]
+        texts_p = [passage_text(corpus[p], titles) for p in cands]
+        y = torch.tensor(labels, device=self.device)
         self.optimizer.zero_grad(set_to_none=True)
+        n = self.cfg.train.grad_cache_chunk
+        if n:
+            d = self.cfg.data
+            towers = []
+            for dual in self.peers:
+                towers.append(self._tower(dual.question, texts_q, d.q_max_len, n))
+                towers.append(self._tower(dual.passage, texts_p, d.p_max_len, n))
+            devices = [self.device] if self.device.type == "cuda" else []
+            _, logs = gradcache.cached_backward(
+                towers, lambda vecs: self._loss(vecs[0::2], vecs[1::2], chunk, cands, y), devices=devices)
+            return logs
+        qs, ps = [], []
+        for dual in self.peers:
+            qv, pv = self._encode(dual, texts_q, texts_p)
+            qs.append(qv)
+            ps.append(pv)
+        loss, logs = self._loss(qs, ps, chunk, cands, y)
         loss.backward()
+        return logs
+
+    def train_step(self, chunk: list[Example], cands: list[str], labels: list[int]) -> dict[str, float]:
+        logs = self.backward(chunk, cands, labels)
         if self.cfg.train.max_grad_norm:
             for dual in self.peers:
                 torch.nn.utils.clip_grad_norm_(dual.parameters(), self.cfg.train.max_grad_norm)
