@@ -175,7 +175,13 @@ def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, ta
             rows.append({"path": str(target.relative_to(out)), "label": name, "role": role, "table": "main",
                          "method": "bm25" if name == "bm25" else "encoder", "layers": ck.layers if ck else None,
                          "seed": None, "split": plan.split, "stage": "paper"})
-    write_json(out / "manifest.json", {"kind": "paper", "plan": plan.source, "split": plan.split, "seeds": list(seeds),
+    # Rows of earlier invocations (other tables or seeds) are kept; this one's replace their equals.
+    old = json.loads((out / "manifest.json").read_text())["runs"] if (out / "manifest.json").exists() else []
+    key = lambda r: (r["path"], r.get("table"), r["label"])  # noqa: E731
+    mine = {key(r) for r in rows}
+    rows = [r for r in old if key(r) not in mine] + rows
+    write_json(out / "manifest.json", {"kind": "paper", "plan": plan.source, "split": plan.split,
+                                       "seeds": sorted({r["seed"] for r in rows if r.get("seed") is not None}),
                                        "reference": FULL, "selection": "dev", "runs": rows})
     from onmkd.report import build_report
 
