@@ -38,11 +38,15 @@ class EvalConfig:
     index: IndexSpec = field(default_factory=IndexSpec)
     cache: bool = True  # reuse encoded corpora by (model, corpus, length) fingerprint
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
+    backend: str = "torch"  # torch (fp32), int8, onnx, onnx-int8 (onmkd.backends; the last three on the CPU)
 
     def __post_init__(self) -> None:
         for name in ("q_max_len", "p_max_len", "batch_size", "top_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be a positive integer, got {getattr(self, name)}")
+        from onmkd.backends import check_backend
+
+        check_backend(self.backend)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,7 +84,11 @@ def encode_cached(encoder, ids: list[str], texts: list[str], max_length: int, ba
 
 
 def _encode_cached(encoder, ids, texts, max_length, batch_size, label, cache):
-    key = hashlib.sha256(f"{encoder.fingerprint()}|{_corpus_hash(ids, texts)}|{max_length}".encode()).hexdigest()[:40]
+    # The fingerprint of a backend (onmkd.backends) names it; the key says it again so that no
+    # backend can ever read another's vectors. PyTorch fp32 keeps the key it always had.
+    backend = getattr(encoder, "backend", "torch")
+    extra = "" if backend == "torch" else f"|{backend}"
+    key = hashlib.sha256(f"{encoder.fingerprint()}|{_corpus_hash(ids, texts)}|{max_length}{extra}".encode()).hexdigest()[:40]
     folder = cache_dir() / "embeddings"
     data, meta = folder / f"{key}.npy", folder / f"{key}.json"
     if cache and data.exists() and meta.exists():
@@ -96,7 +104,7 @@ def _encode_cached(encoder, ids, texts, max_length, batch_size, label, cache):
             with open(tmp, "wb") as f:
                 np.save(f, vecs, allow_pickle=False)
         write_json(meta, {"model": encoder.name, "what": label, "count": len(ids), "max_length": max_length,
-                          "sha256": _file_sha256(data)})
+                          "backend": backend, "sha256": _file_sha256(data)})
     return vecs, False
 
 
@@ -159,8 +167,11 @@ def retrieve(cfg: EvalConfig, data: Dataset, retriever=None) -> tuple[dict[str, 
     if retriever is None:
         from onmkd.runtime import resolve_device
 
-        retriever = load_retriever(cfg.model).to(resolve_device(cfg.device, "--device"))
-    dual = retriever
+        device = resolve_device(cfg.device, "--device") if cfg.backend == "torch" else "cpu"
+        retriever = load_retriever(cfg.model).to(device)
+    from onmkd.backends import dual_with_backend
+
+    dual = dual_with_backend(retriever, cfg.backend)
     t0 = time.perf_counter()
     pvecs, cached = encode_corpus(dual.passage, pids, texts, cfg)
     if not cached:
