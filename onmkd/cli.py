@@ -249,6 +249,7 @@ def paper_cmd(
     table: Annotated[Optional[list[str]], typer.Option(help="Only these tables: main, layers, ablation (repeatable).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field of every run: section.field=value.")] = None,
     remeasure: Annotated[bool, typer.Option(help="Measure size and latency of finished runs again (quality kept): for a quiet machine.")] = False,
+    finished_only: Annotated[bool, typer.Option(help="Train nothing: report the runs that have finished.")] = False,
 ) -> None:
     """Train and evaluate every run of the paper's tables (main, layers, ablations) and write the report."""
     from onmkd.paper import load_plan, run_paper
@@ -256,9 +257,9 @@ def paper_cmd(
     p = load_plan(plan, set_ or [])
     command = " ".join(["onmkd-bench paper --plan", str(plan), "--out", str(out), "--report", str(report_dir)]
                        + [f"--seed {s}" for s in seeds or []] + [f"--table {t}" for t in table or []]
-                       + [f"--set {x}" for x in set_ or []] + (["--remeasure"] if remeasure else []))
+                       + [f"--set {x}" for x in set_ or []] + (["--remeasure"] if remeasure else []) + (["--finished-only"] if finished_only else []))
     run_paper(p, out, seeds=tuple(seeds) if seeds else None, tables=tuple(table or ()), report_dir=report_dir,
-              command=command, remeasure=remeasure, log=lambda m: typer.echo(m, err=True))
+              command=command, remeasure=remeasure, finished_only=finished_only, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"report: {report_dir / 'README.md'}")
 
 

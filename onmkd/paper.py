@@ -130,10 +130,12 @@ def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 
 def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, tables: tuple[str, ...] = (),
-              report_dir: Path | None = None, command: str = "", remeasure: bool = False, log=print) -> Path:
+              report_dir: Path | None = None, command: str = "", remeasure: bool = False, finished_only: bool = False,
+              log=print) -> Path:
     """Train and evaluate every entry with every seed (resuming), write the manifest and the report.
 
     ``remeasure``: measure the efficiency columns of finished evaluations again (quality kept).
+    ``finished_only``: train nothing; report the runs that have finished their test evaluation.
     """
     from onmkd.data import load_dataset
     from onmkd.models import REGISTRY
@@ -156,6 +158,9 @@ def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, ta
                 datasets[cfg.data.dataset] = hold_out_dev(load_dataset(cfg.data.dataset), cfg)
             data = datasets[cfg.data.dataset]
             run = out / "runs" / config_hash(cfg)
+            if finished_only and not (run / plan.split / "metrics.json").exists():
+                log(f"[{k + 1}/{len(entries)}] {e.table}: {e.label}, seed {seed}: not finished, left out")
+                continue
             log(f"[{k + 1}/{len(entries)}] {e.table}: {e.label}, seed {seed} -> {run}")
             train(cfg, run, data, log=lambda m: None)
             test_evaluate(str(run), run / plan.split, data, cfg, plan.split, 100, remeasure=remeasure)
@@ -169,6 +174,8 @@ def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, ta
         for name in plan.encoders:
             target = out / "baselines" / name.replace("/", "_")
             log(f"{name} as released -> {target}")
+            if finished_only and not (target / "metrics.json").exists():
+                continue
             test_evaluate(name, target, data, cfg, plan.split, 100, remeasure=remeasure)
             ck = REGISTRY.get(name)
             role = "lexical" if name == "bm25" else ("teacher" if ck and ck.role == "teacher" else "small baseline")
