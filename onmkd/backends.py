@@ -275,13 +275,14 @@ def _quantize_onnx(src: Path, dst: Path) -> None:
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def session(path: str | os.PathLike[str]):
-    """An ONNX Runtime CPU session with PyTorch's thread count, all graph optimisations, no spinning."""
+def session(path: str | os.PathLike[str], threads: int | None = None):
+    """An ONNX Runtime CPU session with ``threads`` (default: PyTorch's count), all graph
+    optimisations, no spinning."""
     import onnxruntime as ort
     import torch
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = torch.get_num_threads()
+    so.intra_op_num_threads = threads or torch.get_num_threads()
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle threads sleep instead of spinning: as fast here (measured), and fair to a shared CPU.
@@ -347,7 +348,19 @@ class OnnxEncoder(InferenceEncoder):
         super().__init__(base)
         self.backend = "onnx-int8" if int8 else "onnx"
         self.path = onnx_path(base, int8=int8)
-        self.session = session(self.path)
+        self._sessions: dict[int, object] = {}
+        self.set_threads(None)
+
+    def set_threads(self, threads: int | None) -> int:
+        """Run with ``threads`` intra-op threads (None: PyTorch's count); returns the count before."""
+        import torch
+
+        before = getattr(self, "threads", None)
+        self.threads = threads or torch.get_num_threads()
+        if self.threads not in self._sessions:
+            self._sessions[self.threads] = session(self.path, self.threads)
+        self.session = self._sessions[self.threads]
+        return before
 
     @property
     def file_mb(self) -> float:

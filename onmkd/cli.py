@@ -275,6 +275,7 @@ def profile_cmd(
     batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
     index: Annotated[str, typer.Option(help="faiss index: flat (exact), hnsw, ivfpq.")] = "flat",
     n_latency: Annotated[int, typer.Option(help="Questions timed one at a time (after 20 not timed).")] = 200,
+    query_threads: Annotated[int, typer.Option(help="Intra-op threads for the one-question timings (0: all, as corpus encoding).")] = 1,
     max_passages: Annotated[Optional[int], typer.Option(help="Encode only the first N passages [default: all].")] = None,
     device: Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N (torch backend).")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="JSON file [default: runs/profile/MODEL__DATASET[__BACKEND].json].")] = None,
@@ -292,10 +293,11 @@ def profile_cmd(
     data = load_dataset(dataset)
     result = profile_retriever(model, data, split, q_max_len=q_max_len, p_max_len=p_max_len, batch_size=batch_size,
                                index=IndexSpec(kind=index), backend=backend, n_latency=n_latency, device=device,
-                               max_passages=max_passages)
+                               max_passages=max_passages, query_threads=query_threads or None)
     command = (f"onmkd-bench profile --model {model} --dataset {dataset} --split {split} --backend {backend} "
                f"--q-max-len {q_max_len} --p-max-len {p_max_len} --batch-size {batch_size} --index {index} "
-               f"--n-latency {n_latency} --device {device}" + (f" --max-passages {max_passages}" if max_passages else ""))
+               f"--n-latency {n_latency} --query-threads {query_threads} --device {device}"
+               + (f" --max-passages {max_passages}" if max_passages else ""))
     result = {"command": command, "dataset": dataset, **result}
     out = out or Path("runs") / "profile" / f"{_slug(model)}__{_slug(dataset)}{'' if backend == 'torch' else '__' + backend}.json"
     write_json(out, result)

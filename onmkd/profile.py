@@ -14,6 +14,7 @@ import resource
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -69,11 +70,34 @@ def _infer(encoder):
     return lambda ids, mask: encoder(ids, mask)
 
 
-def query_latency(encoder, texts: Sequence[str], *, max_length: int = 64, n: int = 200, warmup: int = 20) -> dict[str, float]:
+@contextmanager
+def threads_for(encoder, threads: int | None):
+    """Run ``encoder`` (PyTorch on the CPU, or an ONNX Runtime backend) with ``threads`` intra-op
+    threads inside the block; ``None`` changes nothing."""
+    if threads is None or getattr(encoder, "device", torch.device("cpu")).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    ort_before = encoder.set_threads(threads) if hasattr(encoder, "set_threads") else None
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if hasattr(encoder, "set_threads"):
+            encoder.set_threads(ort_before)
+
+
+def query_latency(encoder, texts: Sequence[str], *, max_length: int = 64, n: int = 200, warmup: int = 20,
+                  threads: int | None = None) -> dict[str, float]:
     """Query-encoding latency at batch 1, tokenisation included: p50/p95/p99 in ms.
 
     The first ``warmup`` calls are not counted; ``n`` calls cycle over ``texts``. ``encoder``:
     an :class:`~onmkd.models.Encoder` or a backend of :mod:`onmkd.backends` (its ``infer``).
+    ``threads``: intra-op threads during the calls (None: as set). A query of ~15 tokens gives
+    each thread microseconds of work per operation, so every operation waits for all threads to be
+    scheduled: on this project's 2 cores, shared with other jobs, minilm-l6 took 336 ms per query
+    with 2 threads and 10 ms with 1.
     """
     if not len(texts):
         raise ValueError("query_latency: no texts")
@@ -82,7 +106,7 @@ def query_latency(encoder, texts: Sequence[str], *, max_length: int = 64, n: int
     encoder.eval()
     times = []
     infer = _infer(encoder)
-    with torch.inference_mode():
+    with torch.inference_mode(), threads_for(encoder, threads):
         for i in range(warmup + n):
             text = texts[i % len(texts)]
             _sync(device)
@@ -94,7 +118,8 @@ def query_latency(encoder, texts: Sequence[str], *, max_length: int = 64, n: int
                 times.append(1000 * (time.perf_counter() - t0))
     encoder.train(was_training)
     p50, p95, p99 = np.percentile(times, [50, 95, 99])
-    return {"query_ms_p50": float(p50), "query_ms_p95": float(p95), "query_ms_p99": float(p99), "latency_calls": n}
+    return {"query_ms_p50": float(p50), "query_ms_p95": float(p95), "query_ms_p99": float(p99), "latency_calls": n,
+            "query_threads": threads or torch.get_num_threads()}
 
 
 def token_lengths(encoder, texts: Sequence[str], max_length: int) -> np.ndarray:
@@ -121,10 +146,13 @@ def corpus_throughput(encoder, texts: Sequence[str], *, max_length: int, batch_s
             "mean_passage_tokens": float(np.mean(lengths)), "encode_s": seconds}
 
 
-def efficiency(dual, questions: Sequence[str], *, q_max_len: int = 64, n_latency: int = 200) -> dict[str, float]:
-    """Size and query latency of a dual encoder: the sweep's and the report's efficiency columns."""
+def efficiency(dual, questions: Sequence[str], *, q_max_len: int = 64, n_latency: int = 200,
+               query_threads: int | None = 1) -> dict[str, float]:
+    """Size and query latency of a dual encoder: the sweep's and the report's efficiency columns.
+
+    Latency with ``query_threads`` threads, as :func:`profile_retriever` measures it."""
     out = {"params_m": retriever_parameters(dual) / 1e6, "checkpoint_mb": checkpoint_mb(dual)}
-    out.update(query_latency(dual.question, questions, max_length=q_max_len, n=n_latency))
+    out.update(query_latency(dual.question, questions, max_length=q_max_len, n=n_latency, threads=query_threads))
     out["threads"] = torch.get_num_threads()
     out["pid_cpus"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return out
@@ -231,18 +259,20 @@ def encoder_flops(encoder, token_lengths):
 def profile_retriever(model_or_dual, data, split: str = "test", *, q_max_len: int = 64, p_max_len: int = 256,
                       batch_size: int = 64, index=None, backend: str = "torch", n_latency: int = 200,
                       titles: bool = True, top_k: int = 100, device: str = "auto", max_passages: int | None = None,
-                      peak_gflops: float | None = None) -> dict:
+                      peak_gflops: float | None = None, query_threads: int | None = 1) -> dict:
     """Every efficiency figure of a retriever on one data set, as one flat dict.
 
     ``model_or_dual``: a registry name, checkpoint folder or training run directory (loaded with
     :func:`onmkd.evaluate.load_retriever`) or an already built dual encoder. The passages of
     ``data`` (the first ``max_passages`` when given) are encoded once on ``backend``; that pass
     gives the throughput and the vectors the ``index`` (an :class:`~onmkd.index.IndexSpec`) is
-    built from. The questions of ``split`` give the latencies.
+    built from. The questions of ``split`` give the latencies, one question at a time with
+    ``query_threads`` intra-op threads (1 by default: a serving worker per core; None: all of
+    PyTorch's threads, as corpus encoding uses).
 
     Keys: ``params_m``; ``checkpoint_mb`` (fp32), ``checkpoint_mb_fp16``, ``checkpoint_mb_int8``
     (None where int8 is unsupported), ``onnx_file_mb`` (ONNX backends); ``index_mb``;
-    ``query_ms_p50/p95/p99`` (batch 1, tokenisation included, warm-up excluded);
+    ``query_ms_p50/p95/p99`` (batch 1, tokenisation included, warm-up excluded; ``query_threads``);
     ``passages_per_s``, ``tokens_per_s`` (real tokens), ``mean_passage_tokens``, ``encode_s``,
     ``cpu_utilisation`` (process CPU seconds / (wall seconds · threads) while encoding: well below 1
     on the CPU, other processes held the cores and every wall-clock rate here is understated);
@@ -251,8 +281,8 @@ def profile_retriever(model_or_dual, data, split: str = "test", *, q_max_len: in
     at a time: tokenise, encode, search top ``top_k``); ``peak_rss_mb`` (this process, loading
     included) and ``peak_cuda_mb`` on a GPU; ``flops_per_passage`` (mean, :func:`encoder_flops`),
     ``achieved_gflops`` (real-token FLOPs / encoding seconds), ``matmul_peak_gflops`` (measured
-    now, or ``peak_gflops`` when given), ``peak_fraction`` (their ratio; for the int8 backends an
-    fp32-equivalent rate against the fp32 peak); and the settings used.
+    now, or ``peak_gflops`` when given), ``peak_fraction`` (their ratio; None for the int8
+    backends, whose rate is fp32-equivalent work done in int8); and the settings used.
     """
     from onmkd.backends import check_backend, dual_with_backend
     from onmkd.data import passage_text
@@ -296,10 +326,11 @@ def profile_retriever(model_or_dual, data, split: str = "test", *, q_max_len: in
     cfg = _encoder_config(dual.passage)
     out["matmul_peak_gflops"] = float(peak_gflops) if peak_gflops else matmul_peak_gflops(
         hidden=int(cfg.hidden_size), intermediate=int(cfg.intermediate_size), device=dev)
-    out["peak_fraction"] = out["achieved_gflops"] / out["matmul_peak_gflops"]
+    # int8 backends do fp32-equivalent work with int8 arithmetic: no fraction of the fp32 peak
+    out["peak_fraction"] = None if "int8" in backend else out["achieved_gflops"] / out["matmul_peak_gflops"]
 
     # queries: latency at batch 1, then the index and search
-    out.update(query_latency(run.question, questions, max_length=q_max_len, n=n_latency))
+    out.update(query_latency(run.question, questions, max_length=q_max_len, n=n_latency, threads=query_threads))
     ix = build_index(pvecs, index)
     out["index_mb"] = index_bytes(ix) / 2**20
     qvecs = run.question.encode(questions, max_length=q_max_len, batch_size=batch_size)
@@ -316,7 +347,7 @@ def profile_retriever(model_or_dual, data, split: str = "test", *, q_max_len: in
     out["search_ms_batch1"] = 1000 * float(np.median(single))
 
     infer = _infer(run.question)
-    with torch.inference_mode():
+    with torch.inference_mode(), threads_for(run.question, query_threads):
         for i in range(n_e2e + 5):
             if i == 5:  # the first five are warm-up
                 _sync(dev)

@@ -89,7 +89,10 @@ def test_onnx_graph_is_cached_by_fingerprint(tiny, monkeypatch):
     first = backends.with_backend(tiny, "onnx")
     assert first.path.exists() and first.path.parent.name == "onnx" and tiny.fingerprint() in first.path.name
     monkeypatch.setattr(backends, "_export", lambda *a: pytest.fail("exported again"))
-    assert backends.with_backend(tiny, "onnx").path == first.path
+    again = backends.with_backend(tiny, "onnx")
+    assert again.path == first.path
+    before = again.set_threads(1)  # a one-thread session for latency, and back
+    assert again.threads == 1 and again.set_threads(before) == 1 and again.threads == before
     assert not [p for p in first.path.parent.iterdir() if p.name.endswith(".tmp")]
 
 

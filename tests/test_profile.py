@@ -38,8 +38,10 @@ def test_matmul_peak_is_a_positive_rate():
 
 def test_profile_retriever_keys_and_sanity(tiny_model_dir, tiny_beir):
     data = load_dataset(str(tiny_beir))
+    threads = torch.get_num_threads()
     r = profile_retriever(str(tiny_model_dir), data, "test", q_max_len=16, p_max_len=32, batch_size=2, n_latency=6,
                           peak_gflops=100.0)
+    assert r["query_threads"] == 1 and r["threads"] == threads == torch.get_num_threads()  # set back after the timings
     for key in ("params_m", "checkpoint_mb", "checkpoint_mb_fp16", "checkpoint_mb_int8", "index_mb", "query_ms_p50",
                 "query_ms_p95", "query_ms_p99", "passages_per_s", "tokens_per_s", "search_ms_per_query",
                 "search_ms_batch1", "qps_end_to_end", "peak_rss_mb", "flops_per_passage", "achieved_gflops",
@@ -60,6 +62,14 @@ def test_profile_retriever_keys_and_sanity(tiny_model_dir, tiny_beir):
     assert r["matmul_peak_gflops"] == 100.0
     assert r["peak_fraction"] == pytest.approx(r["achieved_gflops"] / 100.0)
     assert r["achieved_gflops"] == pytest.approx(r["flops_per_passage"] * r["passages_per_s"] / 1e9)
+
+
+def test_profile_under_int8_reports_no_fp32_peak_fraction(tiny_model_dir, tiny_beir):
+    data = load_dataset(str(tiny_beir))
+    r = profile_retriever(str(tiny_model_dir), data, "test", p_max_len=32, batch_size=2, n_latency=3, peak_gflops=100.0,
+                          backend="int8")
+    assert r["backend"] == "int8" and r["peak_fraction"] is None and r["achieved_gflops"] > 0
+    assert r["query_ms_p50"] > 0 and r["index_mb"] > 0
 
 
 def test_profile_command_writes_json_and_prints_table(tiny_model_dir, tiny_beir, tmp_path, monkeypatch):
