@@ -32,8 +32,9 @@ def tiny(tiny_model_dir):
 # ---- the PyTorch fast path that Encoder.encode uses
 
 
-@pytest.mark.parametrize("pooling", ["mean", "cls"])
-def test_fused_forward_equals_transformers_forward(tiny_model_dir, pooling):
+@pytest.mark.parametrize("pooling, ffn_rows", [("mean", 2048), ("cls", 2048), ("mean", 5)])
+def test_fused_forward_equals_transformers_forward(tiny_model_dir, pooling, ffn_rows, monkeypatch):
+    monkeypatch.setattr(fastpath.FusedBert, "FFN_ROWS", ffn_rows)  # 5: the feed-forward in blocks
     enc = Encoder.load(str(tiny_model_dir), pooling=pooling)
     assert fastpath.supported(enc.model)
     b = enc.tokenize(TEXTS, 32)  # padded batch
