@@ -186,19 +186,23 @@ def _merge(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def read_toml(path: str | Path, what: str) -> tuple[str, dict[str, Any]]:
+    """The text and parsed tables of a TOML file; any problem is one ConfigError naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+        return text, tomllib.loads(text)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such {what} file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a TOML file (or start from the defaults), apply ``section.field=value`` overrides, validate."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            tree = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: no such config file") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{p}: {e}") from None
+    tree: dict[str, Any] = read_toml(path, "config")[1] if path is not None else {}
     for text in overrides:
         keys, value = _parse_override(text)
         _merge(tree, keys, value)

@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import difflib
 import json
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from onmkd.config import RunConfig, load_config
+from onmkd.config import RunConfig, load_config, read_toml
 from onmkd.errors import ConfigError
 from onmkd.io import write_json
 
@@ -75,12 +74,7 @@ def _value(v) -> str:
 def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
     """Read a plan; every config is loaded (with the budget and ``overrides``) and checked now."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such plan file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: {e}") from None
+    raw = read_toml(p, "plan")[1]
     src = str(p)
     _keys(raw, {"paper", "main", "layers", "ablations"}, src)
     head = raw.get("paper", {})

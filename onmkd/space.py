@@ -26,12 +26,11 @@ import difflib
 import hashlib
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onmkd.config import RunConfig, _coerce, from_dict, load_config
+from onmkd.config import RunConfig, _coerce, from_dict, load_config, read_toml
 from onmkd.errors import ConfigError
 
 SECTIONS = ("study", "base", "fixed", "params", "final")
@@ -221,11 +220,10 @@ def _check_keys(table: dict, allowed, where: str) -> None:
 def _spec(cls, table: dict, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     _check_keys(table, names, where)
-    hints = {f.name: f.type for f in dataclasses.fields(cls)}
     import typing
 
     types = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(v, types[k], f"{where}.{k}") for k, v in table.items() if k in hints}
+    kwargs = {k: _coerce(v, types[k], f"{where}.{k}") for k, v in table.items()}
     return cls(**kwargs)
 
 
@@ -278,15 +276,7 @@ def _param(path: str, raw: Any, where: str) -> Param:
 def load_space(path: str | Path | None = None) -> Space:
     """Read and check a search space (the bundled default when ``path`` is None)."""
     p = Path(path) if path is not None else Path(__file__).parent / "spaces" / "default.toml"
-    try:
-        text = p.read_text(encoding="utf-8")
-        raw = tomllib.loads(text)
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such search-space file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: {e}") from None
+    text, raw = read_toml(p, "search-space")
     src = str(p)
     _check_keys(raw, SECTIONS, src)
     for sec in SECTIONS:
