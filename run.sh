@@ -18,7 +18,7 @@ setup() {
   if ! python -c "import torch" 2>/dev/null; then
     python -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
   fi
-  python -m pip install --quiet -e ".[models,test]"
+  python -m pip install --quiet -e ".[models,test,postgres]"
 }
 
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
@@ -26,6 +26,15 @@ export TOKENIZERS_PARALLELISM=false
 
 case "${1:-}" in
   main) setup; shift; onmkd-bench sweep "$@" ;;
-  test) setup; shift; python -m pytest "$@" ;;
+  test)
+    setup; shift
+    # A throwaway PostgreSQL server for the shared-sweep test (skipped where PostgreSQL is absent).
+    if [ -z "${ONMKD_TEST_POSTGRES:-}" ]; then
+      # shellcheck source=.ci/postgres.sh
+      . .ci/postgres.sh
+      trap pg_test_stop EXIT
+      pg_test_start
+    fi
+    python -m pytest "$@" ;;
   *) echo "usage: ./run.sh main|test [extra arguments]" >&2; exit 64 ;;
 esac

@@ -221,11 +221,14 @@ def collect(dirs) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- tables
 
-def _cell(values: pd.Series, digits: int = 3) -> str:
+def _cell(values: pd.Series, digits: int = 3, *, fixed: bool = False) -> str:
+    """``mean ± sample std`` over the runs; one run, or a ``fixed`` quantity that seeds cannot change
+    (a size) and that is the same in every run, shows the value alone. A metric equal in every
+    seed still shows ``± 0.000``, so that a reader sees it was measured more than once."""
     v = values.dropna()
     if v.empty:
         return "-"
-    if len(v) == 1 or v.nunique() == 1:  # one run, or a quantity that seeds do not change (size)
+    if len(v) == 1 or (fixed and v.nunique() == 1):
         return f"{v.iloc[0]:.{digits}f}"
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
@@ -234,6 +237,7 @@ def primary(df: pd.DataFrame) -> str:
     return "acc@20" if "acc@20" in df and df["acc@20"].notna().any() else "ndcg@10"
 
 
+SIZES = {"params_m", "checkpoint_mb", "index_mb"}  # the same for every seed of one configuration
 EFFICIENCY = [("params_m", "params (M)", 1), ("checkpoint_mb", "checkpoint (MB)", 1), ("index_mb", "index (MB)", 2),
               ("query_ms_p50", "latency p50 (ms)", 2), ("passages_per_s", "passages/s", 0)]
 
@@ -262,7 +266,7 @@ def main_table(df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
         row = {"model": label, "role": g["role"].iloc[0],
                "layers": "-" if pd.isna(g["layers"].iloc[0]) else str(int(g["layers"].iloc[0])), "n": str(len(g))}
         row.update({m: _cell(g[m]) for m in quality})
-        row.update({name: _cell(g[m], d) for m, name, d in EFFICIENCY if part[m].notna().any()})
+        row.update({name: _cell(g[m], d, fixed=m in SIZES) for m, name, d in EFFICIENCY if part[m].notna().any()})
         lat, par = g["query_ms_p50"].mean(), g["params_m"].mean()
         row["speed-up"] = f"{t_lat / lat:.2f}×" if lat == lat and t_lat == t_lat else "-"
         row["compression"] = f"{t_par / par:.2f}×" if par == par and t_par == t_par else "-"

@@ -16,8 +16,9 @@ worker are failed and re-queued with the same params: at once when the worker ra
 (its pid is gone), otherwise once its Optuna heartbeat is older than the grace period; Ctrl-C
 and SIGTERM mark the trial interrupted, and the next start re-queues it. ``n_trials`` is the
 study's total of finished (complete or pruned) trials, shared by all workers: a worker stops
-taking trials once that many are finished or running. Sampling is seeded per trial number, so
-workers never draw the same random sequence and a resumed study does not repeat one.
+taking trials once that many are finished or running. Sampling is seeded per fresh trial (retries
+of a failed trial do not count), so workers never draw the same random sequence and a study that
+was killed and resumed draws the same params as one that ran through.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import time
@@ -35,7 +37,7 @@ from typing import Any, Callable
 
 from onmkd.config import PeerInit, RunConfig
 from onmkd.errors import ConfigError
-from onmkd.io import write_json, write_text
+from onmkd.io import safe_name, write_json, write_text
 from onmkd.space import Space, config_hash
 
 MANIFEST = "manifest.json"
@@ -61,21 +63,52 @@ def default_storage(study_dir: Path) -> str:
 
 def make_storage(url: str, spec) -> Any:
     optuna = _optuna()
+    from sqlalchemy.exc import IntegrityError
+
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=spec.heartbeat_s, grace_period=spec.grace_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
-    except Exception as e:  # noqa: BLE001 - a bad URL or unreachable server: one line for the user
-        raise ConfigError(f"--storage {url}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=spec.heartbeat_s, grace_period=spec.grace_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+        except IntegrityError:
+            # Workers started together on an empty database both create Optuna's tables; the
+            # loser's insert of the schema version fails. The tables exist now: connect again.
+            if attempt == 5:
+                raise ConfigError(f"--storage {url}: could not initialise the database schema (other workers kept racing)") from None
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+        except Exception as e:  # noqa: BLE001 - a bad URL or unreachable server: one line for the user
+            raise ConfigError(f"--storage {url}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def fresh_index(study, number: int) -> int:
+    """How many trials before ``number`` were sampled afresh (not retries of a failed trial).
+
+    Distinct for every fresh trial even with several workers: each retry counted for a later
+    trial but not for an earlier one was created between the two and holds a number between them.
+    """
+    earlier = [t for t in study.get_trials(deepcopy=False) if t.number < number]
+    return sum(1 for t in earlier if "failed_trial" not in t.system_attrs)
+
+
+def trial_seed(seed: int, index: int) -> int:
+    """A well-mixed 32-bit seed for the ``index``-th fresh trial of a study seeded ``seed``.
+
+    Not ``seed + index``: NumPy's first draws for neighbouring seeds happen to be close (0.55,
+    0.42, 0.44 for seeds 0, 1, 2), so three random trials over ``layers`` in 1..3 all drew 2."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
 class PerTrialSeedSampler:
-    """Delegates to a fresh sampler seeded with ``seed + trial number`` for each trial.
+    """Delegates to a fresh sampler seeded with :func:`trial_seed` ``(seed, i)`` for the i-th freshly sampled trial.
 
     Optuna's samplers keep their random state per process, so two workers (or a resumed
-    worker) with one seed would draw the same random params; seeding by trial number keeps a
-    study reproducible and its workers apart.
+    worker) with one seed would draw the same random params; seeding per trial keeps a study
+    reproducible and its workers apart. ``i`` counts the earlier trials that were not retries of
+    a failed one (:func:`fresh_index`), so a study that was killed, failed a trial and retried it
+    draws the same params for its later trials as one that ran through.
     """
 
     def __init__(self, factory: Callable[[int], Any], seed: int):
@@ -92,7 +125,7 @@ class PerTrialSeedSampler:
         return self._current.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study, trial):
-        self._current = self._factory(self._seed + trial.number)
+        self._current = self._factory(trial_seed(self._seed, fresh_index(study, trial.number)))
         self._current.before_trial(study, trial)
 
     def after_trial(self, study, trial, state, values):
@@ -350,11 +383,18 @@ def run_trials(space: Space, study, study_dir: Path, data, *, n_trials: int, tim
                        catch=(Surplus,), gc_after_trial=True)
 
 
-def final_cost(space: Space, trial_s: float) -> float:
-    """Seconds the final step should take, from the mean duration of a complete trial."""
+def final_cost(space: Space, trial_s: float, chosen_s: list[float] | None = None) -> float:
+    """Seconds the final step should take.
+
+    ``trial_s``: mean duration of a complete trial (prices the encoders' evaluations);
+    ``chosen_s``: durations of the trials the final step would retrain now (default: ``trial_s``
+    for each of ``final.top``). A final run retrains one of them and also evaluates on test
+    (x1.25, measured: a 3-layer OnMKD trial of 129 s gave final runs of about 160 s); a
+    same-depth baseline trains one student (x0.6 of that)."""
     f = space.final
-    runs = f.top * len(f.seeds) * (1 + 0.6 * len(f.baselines))
-    return trial_s * (runs + 0.4 * len(f.encoders) + (0.3 if f.reference else 0)) + 30
+    chosen = list(chosen_s) if chosen_s else [trial_s] * f.top
+    runs = sum(1.25 * s for s in chosen) * len(f.seeds) * (1 + 0.6 * len(f.baselines))
+    return runs + trial_s * (0.4 * len(f.encoders) + (0.3 if f.reference else 0)) + 30
 
 
 class BudgetStop:
@@ -370,11 +410,12 @@ class BudgetStop:
         if not done:
             return
         mean = sum(t.user_attrs["seconds"] for t in done) / len(done)
+        chosen = [t.user_attrs.get("seconds", mean) for t in best_trials(study, self.space)]
+        final = final_cost(self.space, mean, chosen)
         used = time.monotonic() - self.started
-        need = mean + final_cost(self.space, mean)
-        if used + need > self.space.study.budget_s:
+        if used + mean + final > self.space.study.budget_s:
             self.log(f"budget: {used:.0f} s used, a trial takes about {mean:.0f} s and the final step about "
-                     f"{final_cost(self.space, mean):.0f} s; no new trial within study.budget_s = {self.space.study.budget_s:.0f} s")
+                     f"{final:.0f} s; no new trial within study.budget_s = {self.space.study.budget_s:.0f} s")
             study.stop()
 
 
@@ -501,7 +542,7 @@ def final_step(space: Space, study, study_dir: Path, data, log=print) -> list[di
                             "stage": "final"})
     eval_cfg = ref_cfg or space.config({})
     for name in f.encoders:
-        out = study_dir / "baselines" / name.replace("/", "_")
+        out = study_dir / "baselines" / safe_name(name)
         log(f"final: {name} as it is -> {out.relative_to(study_dir)}")
         test_evaluate(name, out, data, eval_cfg, f.split, n_lat)
         ck = REGISTRY.get(name)

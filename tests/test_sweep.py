@@ -187,7 +187,7 @@ def test_sweep_final_step_and_report(tmp_path, tiny_model_dir, tiny_squad):
     for col in ("acc@20", "mrr@10", "query_ms_p50"):
         vals = test_rows[test_rows["role"] == "onmkd"][col]
         digits = 2 if col == "query_ms_p50" else 3
-        expect = f"{vals.iloc[0]:.{digits}f}" if vals.nunique() == 1 else f"{vals.mean():.{digits}f} ± {vals.std(ddof=1):.{digits}f}"
+        expect = f"{vals.iloc[0]:.{digits}f}" if len(vals) == 1 else f"{vals.mean():.{digits}f} ± {vals.std(ddof=1):.{digits}f}"
         assert expect in main, col
     bm25 = json.loads((study_dir / "baselines" / "bm25" / "metrics.json").read_text())
     assert f"{bm25['acc@20']:.3f}" in main
@@ -321,4 +321,34 @@ def test_two_workers_share_one_study(tmp_path, tiny_model_dir, tiny_squad):
     assert len(set(keys)) == 5
     workers = {t.user_attrs["worker"]["pid"] for t in done[1:]}
     assert len(workers) == 2  # both took trials
+    assert all(t.state.name in ("COMPLETE", "PRUNED") or t.user_attrs.get("surplus") for t in study.trials)
+
+
+def test_two_machines_share_a_postgresql_study(tmp_path, tiny_model_dir, tiny_squad):
+    """Two workers with their own study folders (two machines) and one PostgreSQL storage URL:
+    N trials between them, none twice. run.sh test starts a throwaway server (.ci/postgres.sh)."""
+    url = os.environ.get("ONMKD_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("ONMKD_REQUIRE_POSTGRES"):
+            pytest.fail("ONMKD_REQUIRE_POSTGRES is set but no server was started (ONMKD_TEST_POSTGRES is empty)")
+        pytest.skip("no PostgreSQL server: install PostgreSQL and use ./run.sh test, or set ONMKD_TEST_POSTGRES")
+    import uuid
+
+    space = tmp_path / "space.toml"
+    space.write_text(space_text(tiny_model_dir, tiny_squad, trials=4, epochs=1).replace(
+        'name = "tiny"', f'name = "tiny-{uuid.uuid4().hex[:8]}"'))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "onmkd.cli", "sweep", "--space", str(space), "--storage", url,
+                               "--study-dir", str(tmp_path / f"machine-{i}"), "--no-final", "--no-report"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    info = json.loads((tmp_path / "machine-0" / "study.json").read_text())
+    assert info["storage"] == url
+    study = study_of(tmp_path / "machine-0")
+    done = finished(study)
+    assert len(done) == 4
+    keys = [json.dumps(t.params, sort_keys=True) for t in done]
+    assert len(set(keys)) == 4
+    assert {t.user_attrs["worker"]["pid"] for t in done} == {p.pid for p in procs}  # both took trials
     assert all(t.state.name in ("COMPLETE", "PRUNED") or t.user_attrs.get("surplus") for t in study.trials)
