@@ -131,7 +131,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond float's range
+                raise ConfigError(f"{where}: an integer of {len(str(abs(value)))} digits is beyond the range of a float") from None
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -171,7 +174,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = (s.strip() for s in text.split("=", 1))
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError):
         value = raw  # a bare word: a string
     return key.split("."), value
 
@@ -186,18 +189,39 @@ def _merge(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+# The largest config, search-space or plan file read (bytes): real ones are a few KB, so a
+# larger file is another kind of file, and the cap bounds the memory and parse time.
+MAX_TOML_BYTES = 4 * 1024 * 1024
+
+
 def read_toml(path: str | Path, what: str) -> tuple[str, dict[str, Any]]:
     """The text and parsed tables of a TOML file; any problem is one ConfigError naming the file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-        return text, tomllib.loads(text)
+        with p.open("rb") as f:
+            data = f.read(MAX_TOML_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such {what} file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a folder, expected a {what} file") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the {what} file ({e.strerror or type(e).__name__})") from None
+    if len(data) > MAX_TOML_BYTES:
+        raise ConfigError(f"{p}: larger than {MAX_TOML_BYTES:,} bytes (MAX_TOML_BYTES); not a {what} file?")
+    try:
+        # Universal newlines, as a text-mode read gives them.
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text (byte {e.start})") from None
+    try:
+        return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: invalid TOML (nested too deeply)") from None
+    except ValueError as e:  # a number beyond int's digit limit
+        raise ConfigError(f"{p}: invalid TOML ({str(e).split(':', 1)[0]})") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -206,10 +230,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for text in overrides:
         keys, value = _parse_override(text)
         _merge(tree, keys, value)
-    if "model" in tree and isinstance(tree["model"].get("peer"), dict):
+    if isinstance(tree.get("model"), dict) and isinstance(tree["model"].get("peer"), dict):
         tree["model"]["peer"] = [tree["model"]["peer"]]
-    cfg = _build(RunConfig, tree, "")
-    validate(cfg)
+    try:
+        cfg = _build(RunConfig, tree, "")
+        validate(cfg)
+    except ConfigError as e:
+        if path is None:
+            raise
+        raise ConfigError(f"{path}: {e}") from None
     return cfg
 
 

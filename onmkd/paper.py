@@ -36,7 +36,7 @@ from pathlib import Path
 
 from onmkd.config import RunConfig, load_config, read_toml
 from onmkd.errors import ConfigError
-from onmkd.io import write_json
+from onmkd.io import check_component, safe_name, write_json
 
 ROLES_MAIN = ("onmkd", "same-depth baseline")
 FULL = "full OnMKD"
@@ -68,7 +68,23 @@ def _keys(table: dict, allowed: set, where: str) -> None:
 
 
 def _value(v) -> str:
-    return json.dumps(v)  # ints, floats, strings, booleans and lists read the same in TOML
+    return json.dumps(v, default=str)  # ints, floats, strings, booleans and lists read the same in TOML
+
+
+def _table(raw: dict, key: str, where: str) -> dict:
+    """``raw[key]`` (a table; empty when absent), else a ConfigError at ``where``."""
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(value).__name__}")
+    return value
+
+
+def _list_of(raw: dict, key: str, kind: type, default: list, where: str) -> list:
+    """``raw[key]`` (a list of ``kind``; ``default`` when absent), else a ConfigError at ``where``."""
+    value = raw.get(key, default)
+    if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{where}: expected a list of {'integers' if kind is int else 'strings'}, got {value!r}")
+    return value
 
 
 def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
@@ -77,14 +93,20 @@ def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     raw = read_toml(p, "plan")[1]
     src = str(p)
     _keys(raw, {"paper", "main", "layers", "ablations"}, src)
-    head = raw.get("paper", {})
+    head = _table(raw, "paper", f"{src}: [paper]")
     _keys(head, {"seeds", "split", "encoders", "budget"}, f"{src}: paper")
-    seeds = tuple(head.get("seeds", (0, 1, 2)))
-    if not seeds or not all(isinstance(s, int) for s in seeds):
+    seeds = tuple(_list_of(head, "seeds", int, [0, 1, 2], f"{src}: paper.seeds"))
+    if not seeds:
         raise ConfigError(f"{src}: paper.seeds: a non-empty list of integers, got {seeds!r}")
-    budget = [f"{k}={_value(v)}" for k, v in head.get("budget", {}).items()] + list(overrides)
+    if not isinstance(head.get("split", "test"), str):
+        raise ConfigError(f"{src}: paper.split: expected a split name, got {head['split']!r}")
+    check_component(head.get("split", "test"), f"{src}: paper.split")  # it names each run's test folder
+    _list_of(head, "encoders", str, [], f"{src}: paper.encoders")
+    budget = [f"{k}={_value(v)}" for k, v in _table(head, "budget", f"{src}: paper.budget").items()] + list(overrides)
 
     def cfg(rel: str, where: str, extra: tuple[str, ...] = ()) -> RunConfig:
+        if not isinstance(rel, str):
+            raise ConfigError(f"{where}: expected a config path (a string), got {rel!r}")
         try:
             c = load_config(p.parent / rel, [*budget, *extra])
         except ConfigError as e:
@@ -94,29 +116,37 @@ def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         return c
 
     entries: list[Entry] = []
-    for i, e in enumerate(raw.get("main", [])):
+    main = raw.get("main", [])
+    if not isinstance(main, list):
+        raise ConfigError(f"{src}: main: expected [[main]] tables, got {type(main).__name__}")
+    for i, e in enumerate(main):
         where = f"{src}: main[{i}]"
+        if not isinstance(e, dict):
+            raise ConfigError(f"{where}: expected a table, got {e!r}")
         _keys(e, {"label", "role", "config"}, where)
         if "label" not in e or "config" not in e:
             raise ConfigError(f"{where}: needs label and config")
+        if not isinstance(e["label"], str):
+            raise ConfigError(f"{where}.label: expected a string, got {e['label']!r}")
         role = e.get("role", "onmkd")
         if role not in ROLES_MAIN:
             raise ConfigError(f"{where}.role: {role!r} is not one of {', '.join(ROLES_MAIN)}")
         entries.append(Entry("main", e["label"], role, cfg(e["config"], where), e["config"]))
-    lay = raw.get("layers", {})
+    lay = _table(raw, "layers", f"{src}: [layers]")
     if lay:
         _keys(lay, {"layers", "configs"}, f"{src}: layers")
-        for name, rel in lay.get("configs", {}).items():
-            for n in lay.get("layers", []):
+        depths = _list_of(lay, "layers", int, [], f"{src}: layers.layers")
+        for name, rel in _table(lay, "configs", f"{src}: layers.configs").items():
+            for n in depths:
                 c = cfg(rel, f"{src}: layers.configs.{name} (layers = {n})", (f"model.layers={n}",))
                 role = "onmkd" if c.train.method == "onmkd" else "same-depth baseline"
                 entries.append(Entry("layers", f"{name} ({n} layer{'s' if n != 1 else ''})", role, c, rel))
-    abl = raw.get("ablations", {})
+    abl = _table(raw, "ablations", f"{src}: [ablations]")
     if abl:
         _keys(abl, {"reference", "configs"}, f"{src}: ablations")
         if "reference" in abl:
             entries.append(Entry("ablation", FULL, "ablation", cfg(abl["reference"], f"{src}: ablations.reference"), abl["reference"]))
-        for name, rel in abl.get("configs", {}).items():
+        for name, rel in _table(abl, "configs", f"{src}: ablations.configs").items():
             entries.append(Entry("ablation", name, "ablation", cfg(rel, f"{src}: ablations.configs.{name}"), rel))
     if not entries:
         raise ConfigError(f"{src}: no runs: add [[main]] entries, [layers] or [ablations]")
@@ -166,7 +196,7 @@ def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, ta
         cfg = main[0].config
         data = datasets.get(cfg.data.dataset) or hold_out_dev(load_dataset(cfg.data.dataset), cfg)
         for name in plan.encoders:
-            target = out / "baselines" / name.replace("/", "_")
+            target = out / "baselines" / safe_name(name)
             log(f"{name} as released -> {target}")
             if finished_only and not (target / "metrics.json").exists():
                 continue

@@ -25,6 +25,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 
 from onmkd.config import RunConfig, _coerce, from_dict, load_config, read_toml
 from onmkd.errors import ConfigError
+from onmkd.io import check_component
 
 SECTIONS = ("study", "base", "fixed", "params", "final")
 PARAM_KEYS = {"float": {"type", "low", "high", "log", "step", "when"},
@@ -141,7 +143,7 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-_PART = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\*|\d+)\])?$")
+_PART = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\*|[0-9]{1,9})\])?$")
 
 
 def _parts(path: str, where: str) -> list[tuple[str, str | None]]:
@@ -231,7 +233,7 @@ def _param(path: str, raw: Any, where: str) -> Param:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table like {{ type = \"float\", low = 0.1, high = 1.0 }}, got {raw!r}")
     kind = raw.get("type")
-    if kind not in PARAM_KEYS:
+    if not isinstance(kind, str) or kind not in PARAM_KEYS:
         raise ConfigError(f"{where}.type: {kind!r} is not one of {', '.join(PARAM_KEYS)}")
     _check_keys(raw, PARAM_KEYS[kind], where)
     when = raw.get("when", {})
@@ -257,6 +259,8 @@ def _param(path: str, raw: Any, where: str) -> Param:
         v = raw[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind == "int" and not isinstance(v, int)):
             raise ConfigError(f"{where}.{key}: expected {'an integer' if kind == 'int' else 'a number'}, got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{where}.{key}: expected a finite number, got {v!r}")
     low, high = raw["low"], raw["high"]
     if not low < high:
         raise ConfigError(f"{where}: empty range: low = {low} is not below high = {high}")
@@ -284,10 +288,16 @@ def load_space(path: str | Path | None = None) -> Space:
             raise ConfigError(f"{src}: [{sec}] must be a table")
     study = _spec(StudySpec, raw.get("study", {}), f"{src}: study")
     final = _spec(FinalSpec, raw.get("final", {}), f"{src}: final")
+    check_component(final.split, f"{src}: final.split")  # it names the folder each final run writes
     _check_study(study, final, src)
     base_table = raw.get("base", {})
     _check_keys(base_table, {"config"}, f"{src}: base")
-    base_cfg = load_config((p.parent / base_table["config"]) if "config" in base_table else None)
+    if "config" in base_table and not isinstance(base_table["config"], str):
+        raise ConfigError(f"{src}: base.config: expected a path (a string), got {base_table['config']!r}")
+    try:
+        base_cfg = load_config((p.parent / base_table["config"]) if "config" in base_table else None)
+    except ConfigError as e:
+        raise ConfigError(f"{src}: base.config: {e}") from None
     tree = base_cfg.to_dict()
     fixed = raw.get("fixed", {})
     for key, value in sorted(fixed.items(), key=lambda kv: _depth(kv[0])):
@@ -304,7 +314,7 @@ def load_space(path: str | Path | None = None) -> Space:
             if cond not in seen:
                 try:
                     _lookup(tree, {}, cond)
-                except (KeyError, IndexError, TypeError):
+                except (KeyError, IndexError, TypeError, ConfigError):
                     raise ConfigError(f"{where}.when: {cond!r} is neither a config field nor a param listed before it") from None
         seen.add(prm.path)
     space = Space(src, study, tree, fixed, params, final, text)
@@ -361,7 +371,7 @@ def _check_extremes(space: Space) -> None:
     for p in space.params:
         for value in p.extremes():
             values = {**firsts, p.path: value}
-            where = f"{space.source}: params.{p.path!r} = {json.dumps(value)}"
+            where = f"{space.source}: params.{p.path!r} = {json.dumps(value, default=str)}"
             tree = copy.deepcopy(space.base)
             for path, v in sorted(values.items(), key=lambda kv: _depth(kv[0])):
                 _assign(tree, path, v, f"{space.source}: params.{path!r}")

@@ -2,6 +2,12 @@
 
 Every problem becomes a one-line :class:`~onmkd.errors.DataError` that names the file and
 either the line (``path:LINENO: ...``) or the field (``path: data[3].qas[2]: ...``).
+
+Line-based formats (JSON lines, TSV, CSV) are read one line at a time, and a line longer than
+:data:`MAX_LINE_BYTES` is an error rather than a read that exhausts memory. Whole-file JSON
+formats (SQuAD, DPR biencoder) are parsed at once, so their size is bounded by the memory only.
+Strings read from JSON must be valid Unicode: a lone surrogate escape (``"\\ud800"``), which
+JSON's syntax allows, is an error naming the field.
 """
 
 from __future__ import annotations
@@ -17,6 +23,12 @@ from typing import Any, Iterator
 from onmkd.errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
+
+# The longest line a line-based file may have, in bytes (after gzip decompression, line end
+# included). Real lines are far shorter (DPR's psgs_w100.tsv: under 10 KB; BEIR corpora: under
+# 1 MB), so a longer one means a file of another format or a corrupt one; the cap also bounds
+# the memory a single line (or a gzip bomb without line ends) can take.
+MAX_LINE_BYTES = 16 * 1024 * 1024
 
 # Conventional splits first, anything else after them in name order.
 _SPLIT_ORDER = {"train": 0, "dev": 1, "validation": 2, "test": 3}
@@ -99,27 +111,33 @@ def _not_utf8(where: str, raw: bytes, start: int) -> DataError:
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     """``(lineno, text)`` for each line of a text file (gzip detected by its magic bytes).
 
-    Line ends are stripped; a leading byte-order mark is dropped. Bytes that are not UTF-8 and
-    corrupt or truncated gzip streams raise a DataError naming the file and line.
+    Line ends are stripped; a leading byte-order mark is dropped. Bytes that are not UTF-8,
+    lines longer than :data:`MAX_LINE_BYTES` and corrupt or truncated gzip streams raise a
+    DataError naming the file and line.
     """
     require_file(path)
     gz = _is_gzip(path)
+    limit = MAX_LINE_BYTES
     try:
         f = gzip.open(path, "rb") if gz else path.open("rb")
     except OSError as exc:
         raise _open_error(path, exc) from None
     with f:
-        it = iter(f)
         lineno = 0
         while True:
             try:
-                raw = next(it)
-            except StopIteration:
-                return
+                raw = f.readline(limit + 1)
             except (OSError, EOFError, zlib.error) as exc:
                 what = "corrupt or truncated gzip data" if gz else "read error"
                 raise DataError(f"{path}:{lineno + 1}: {what} ({exc})") from None
+            if not raw:
+                return
             lineno += 1
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                raise DataError(
+                    f"{path}:{lineno}: line longer than {limit:,} bytes (the limit, MAX_LINE_BYTES); "
+                    "a corrupt file, or not in this format?"
+                )
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -137,10 +155,18 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})") from None
         except RecursionError:
             raise DataError(f"{path}:{lineno}: invalid JSON (nested too deeply)") from None
+        except ValueError as exc:  # a number beyond int's digit limit
+            raise DataError(f"{path}:{lineno}: invalid JSON ({_first_clause(exc)})") from None
         yield lineno, value
+
+
+def _first_clause(exc: Exception) -> str:
+    """The start of an exception's message, up to its first colon or line end."""
+    text = str(exc).split(":", 1)[0].splitlines()
+    return text[0] if text and text[0] else type(exc).__name__
 
 
 def _zip_member(path: Path) -> tuple[str, bytes]:
@@ -152,13 +178,16 @@ def _zip_member(path: Path) -> tuple[str, bytes]:
                 if n.lower().endswith(".json") and not n.endswith("/") and not n.startswith("__MACOSX/")
             ]
             if len(names) != 1:
-                found = ", ".join(names) if names else "none"
+                found = ", ".join(map(repr, names)) if names else "none"
                 raise DataError(f"{path}: expected exactly one .json file in the zip archive (found: {found})")
             return names[0], zf.read(names[0])
+    except DataError:
+        raise
     except zipfile.BadZipFile as exc:
-        raise DataError(f"{path}: not a valid zip archive ({exc})") from None
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read the zip archive ({exc})") from None
+        raise DataError(f"{path}: not a valid zip archive ({_first_clause(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt archive raises many kinds (OSError, EOFError,
+        # zlib.error, lzma.LZMAError, NotImplementedError for an unknown method, RuntimeError if encrypted, ...)
+        raise DataError(f"{path}: cannot read the zip archive ({type(exc).__name__}: {_first_clause(exc)})") from None
 
 
 def read_json(path: Path) -> tuple[str, Any]:
@@ -189,12 +218,16 @@ def read_json(path: Path) -> tuple[str, Any]:
         raise _not_utf8(f"{name}:{line}", data, exc.start) from None
     if text.startswith("\ufeff"):
         text = text[1:]
+    if not text.strip():
+        raise DataError(f"{name}: empty file (expected JSON)")
     try:
         return name, json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{name}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        raise DataError(f"{name}:{exc.lineno}: invalid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})") from None
     except RecursionError:
         raise DataError(f"{name}: invalid JSON (nested too deeply)") from None
+    except ValueError as exc:  # a number beyond int's digit limit
+        raise DataError(f"{name}: invalid JSON ({_first_clause(exc)})") from None
 
 
 # --------------------------------------------------------------------------- fields
@@ -221,6 +254,19 @@ def json_type(value: Any) -> str:
     return type(value).__name__
 
 
+def check_text(value: str, loc: str, key: str) -> str:
+    """``value`` if it is valid Unicode, else a DataError: JSON escapes can spell lone surrogates
+    (``"\\ud800"``), which no encoder, tokenizer or output file accepts."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(
+                f"{loc}: field {key!r}: not valid Unicode (lone surrogate {value[exc.start]!r} at character {exc.start})"
+            ) from None
+    return value
+
+
 def expect_object(value: Any, loc: str) -> dict[str, Any]:
     """``value`` if it is a JSON object, else a DataError at ``loc``."""
     if not isinstance(value, dict):
@@ -243,7 +289,7 @@ def get_str(obj: dict[str, Any], key: str, loc: str, default: Any = _MISSING, *,
         return ""
     if not isinstance(value, str):
         raise DataError(f"{loc}: field {key!r}: expected a string, got {json_type(value)}")
-    return value
+    return check_text(value, loc, key)
 
 
 def get_list(obj: dict[str, Any], key: str, loc: str, default: Any = _MISSING) -> list[Any]:
@@ -258,7 +304,7 @@ def check_id(value: Any, loc: str, key: str) -> str:
     """An id given as a non-empty string or an integer, as a string."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise DataError(f"{loc}: field {key!r}: expected a string or integer id, got {json_type(value)}")
-    text = str(value)
+    text = check_text(str(value), loc, key)
     if not text.strip():
         raise DataError(f"{loc}: field {key!r}: empty id")
     return text
@@ -277,7 +323,7 @@ def str_list(value: Any, loc: str, key: str) -> list[str]:
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise DataError(f"{loc}: field {key!r}[{i}]: expected a string, got {json_type(item)}")
-        out.append(item)
+        out.append(check_text(item, loc, f"{key}[{i}]"))
     return dedupe(out)
 
 

@@ -128,7 +128,7 @@ def read_qrels(
             if unknown_qrels == "skip":
                 skipped += 1
                 continue
-            raise DataError(f"{path}:{lineno}: {unknown}; pass unknown_qrels='skip' to drop such lines")
+            raise DataError(f"{path}:{lineno}: {unknown}; use --unknown-qrels skip (load_dataset(..., unknown_qrels='skip')) to drop such lines")
         judged = qrels.setdefault(qid, {})
         if pid in judged and judged[pid] != grade:
             raise DataError(

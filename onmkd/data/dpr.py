@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 from onmkd.data._files import (
     check_id,
+    check_text,
     expect_object,
     file_stem,
     get_list,
@@ -204,12 +205,14 @@ def read_qa_csv(path: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
             raise DataError(f"{path}:{lineno}: empty question")
         try:
             value = ast.literal_eval(literal)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, OverflowError):
             raise DataError(f"{path}:{lineno}: answers {literal[:60]!r} are not a Python list literal") from None
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
             raise DataError(f"{path}:{lineno}: answers must be a list of strings, got {literal[:60]!r}")
+        for k, answer in enumerate(value):
+            check_text(answer, f"{path}:{lineno}", f"answers[{k}]")  # '\ud800' escapes
         qid = f"{stem}-{index}"
         index += 1
         queries[qid] = question

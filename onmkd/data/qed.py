@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from onmkd.data._files import (
+    check_text,
     dedupe,
     expect_object,
     file_stem,
@@ -59,7 +60,7 @@ def load_qed(path: str | Path | None = None, *, name: str | None = None) -> Data
                     raise DataError(f"{sloc}: missing field 'string'")
                 if not isinstance(span["string"], str):
                     raise DataError(f"{sloc}: field 'string': expected a string, got {json_type(span['string'])}")
-                answers.append(span["string"])
+                answers.append(check_text(span["string"], sloc, "string"))
         if qid in first_line:
             raise DataError(f"{loc}: duplicate example_id {qid!r} (first at line {first_line[qid]})")
         if not question:
