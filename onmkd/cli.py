@@ -21,6 +21,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Data set spec: squad, nq-qed, a BEIR folder, dpr:…, dpr-qa:…, hf:… (see `data info --help`).")]
+QrelsOpt = Annotated[str, typer.Option("--unknown-qrels", help="qrels that name a passage or question the data set lacks: fail (an error naming file and line) or skip (dropped, one warning).")]
 
 
 def _errors(fn):
@@ -37,17 +38,30 @@ def _errors(fn):
     return wrapper
 
 
+@app.callback()
+def _main(
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Let transformers run Python code shipped with a checkpoint (off by default; "
+        "only for checkpoints you trust). Same as ONMKD_TRUST_REMOTE_CODE=1.")] = False,
+) -> None:
+    """Train, benchmark and ablate small dense passage retrievers (OnMKD)."""
+    if trust_remote_code:
+        from onmkd.models import TRUST_REMOTE_CODE_ENV
+
+        os.environ[TRUST_REMOTE_CODE_ENV] = "1"  # read where checkpoints load; inherited by workers
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name if os.sep in text else text).strip("_") or "x"
 
 
 @data_app.command("info")
 @_errors
-def data_info(spec: Annotated[str, typer.Argument(help="Data set spec.")]) -> None:
+def data_info(spec: Annotated[str, typer.Argument(help="Data set spec.")], unknown_qrels: QrelsOpt = "fail") -> None:
     """Print the counts of a data set: questions, qrels and answered questions per split; passages."""
     from onmkd.data import load_dataset
 
-    info = load_dataset(spec).info()
+    info = load_dataset(spec, unknown_qrels=unknown_qrels).info()
     width = max(len(k) for k in info)
     for k, v in info.items():
         typer.echo(f"{k:<{width}}  {v:,}" if isinstance(v, int) else f"{k:<{width}}  {v}")
@@ -95,6 +109,7 @@ def evaluate_cmd(
     cache: Annotated[bool, typer.Option(help="Reuse encoded corpora from the cache.")] = True,
     device: Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N.")] = "auto",
     backend: Annotated[str, typer.Option(help="Inference backend: torch (fp32), int8, onnx, onnx-int8 (the last three on the CPU).")] = "torch",
+    unknown_qrels: QrelsOpt = "fail",
 ) -> None:
     """Evaluate a retriever on one split: accuracy, recall, MRR, nDCG; writes config, metrics and a TREC run."""
     from onmkd.data import load_dataset
@@ -106,8 +121,8 @@ def evaluate_cmd(
                      batch_size=batch_size, top_k=top_k, index=IndexSpec(kind=index), titles=titles, cache=cache,
                      device=device, backend=backend)
     suffix = ("" if titles else "__notitle") + ("" if backend == "torch" else f"__{backend}")
-    out = out or Path("runs") / "evaluate" / f"{_slug(model)}__{_slug(dataset)}__{split}{suffix}"
-    data = load_dataset(dataset)
+    out = out or Path("runs") / "evaluate" / f"{_slug(model)}__{_slug(dataset)}__{_slug(split)}{suffix}"
+    data = load_dataset(dataset, unknown_qrels=unknown_qrels)
     metrics = evaluate(cfg, data, out_dir=out)
     typer.echo(metrics_table([{"model": model, **metrics}]))
     typer.echo(f"run directory: {out}")
@@ -120,6 +135,7 @@ def baselines_cmd(
     split: Annotated[str, typer.Option(help="Split whose questions are searched.")] = "test",
     models: Annotated[str, typer.Option(help="Comma-separated models [default: every available teacher and small baseline, and bm25].")] = "",
     out: Annotated[Path, typer.Option(help="Folder of run directories and the table.")] = Path("runs/baselines"),
+    unknown_qrels: QrelsOpt = "fail",
 ) -> None:
     """Evaluate the teacher encoders, the small off-the-shelf encoder and BM25 on one split; print the table."""
     from onmkd.data import load_dataset
@@ -130,14 +146,14 @@ def baselines_cmd(
 
     names = [m.strip() for m in models.split(",") if m.strip()] or [
         c.name for c in REGISTRY.values() if c.role in ("teacher", "small baseline") and c.available()] + ["bm25"]
-    data = load_dataset(dataset)
+    data = load_dataset(dataset, unknown_qrels=unknown_qrels)
     rows = []
     for name in names:
         typer.echo(f"== {name}", err=True)
         cfg = EvalConfig(model=name, dataset=dataset, split=split)
-        rows.append({"model": name, **evaluate(cfg, data, out_dir=out / f"{_slug(name)}__{_slug(dataset)}__{split}")})
+        rows.append({"model": name, **evaluate(cfg, data, out_dir=out / f"{_slug(name)}__{_slug(dataset)}__{_slug(split)}")})
     table = metrics_table(rows)
-    write_text(out / f"table__{_slug(dataset)}__{split}.md", table + "\n")
+    write_text(out / f"table__{_slug(dataset)}__{_slug(split)}.md", table + "\n")
     typer.echo(table)
 
 
@@ -149,7 +165,8 @@ def train_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/train/CONFIG-METHOD-seedSEED]. Rerunning resumes.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved config as JSON and stop.")] = False,
 ) -> None:
-    """Train OnMKD peers or a baseline (dpr, kd, dml); resumes an interrupted run in the same --out."""
+    """Train OnMKD peers or a baseline (dpr, kd, dml); resumes an interrupted run in the same --out.
+    Under torchrun (torchrun --nproc_per_node N -m onmkd.cli train ...): data-parallel over N processes."""
     import json as _json
 
     from onmkd.config import load_config
@@ -163,6 +180,10 @@ def train_cmd(
     stem = config.stem if config else "default"
     out = out or Path("runs") / "train" / f"{stem}-{cfg.train.method}-seed{cfg.train.seed}"
     result = train(cfg, out, log=lambda msg: typer.echo(msg, err=True))
+    from onmkd.distributed import is_main
+
+    if not is_main():  # under torchrun: rank 0 reports
+        return
     metric = result["primary"]
     typer.echo(f"selected peer {result['selected_peer']} (epoch {result['selected_epoch'] + 1}): dev {metric} {result['dev'][metric]:.4f}")
     typer.echo(f"run directory: {out}")
@@ -216,7 +237,9 @@ def sweep_cmd(
         return
     from onmkd.sweep import sweep
 
-    out = study_dir or Path("runs") / "sweep" / sp.study.name
+    from onmkd.io import safe_join
+
+    out = study_dir or safe_join(Path("runs") / "sweep", sp.study.name, what=f"{sp.source}: study.name")
     sweep(sp, out, storage=storage, n_trials=n_trials, timeout=timeout, final=final, report=report,
           log=lambda m: typer.echo(m, err=True))
     typer.echo(f"study directory: {out}")
@@ -299,13 +322,76 @@ def profile_cmd(
                f"--n-latency {n_latency} --query-threads {query_threads} --device {device}"
                + (f" --max-passages {max_passages}" if max_passages else ""))
     result = {"command": command, "dataset": dataset, **result}
-    out = out or Path("runs") / "profile" / f"{_slug(model)}__{_slug(dataset)}{'' if backend == 'torch' else '__' + backend}.json"
+    out = out or Path("runs") / "profile" / f"{_slug(model)}__{_slug(dataset)}{'' if backend == 'torch' else '__' + _slug(backend)}.json"
     write_json(out, result)
     rows = [{"figure": k, "value": (f"{v:.4g}" if isinstance(v, float) else v)} for k, v in result.items()
             if k not in ("command", "model", "dataset")]
     typer.echo(f"{model} on {dataset} ({split}), backend {backend}")
     typer.echo(to_markdown(rows))
     typer.echo(f"written: {out}")
+
+
+@app.command("encode")
+@_errors
+def encode_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Registry name, checkpoint folder or training run directory (its passage tower encodes).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the shard files and manifest.json; rerunning the same command resumes.")],
+    dataset: DatasetOpt = "squad",
+    shards: Annotated[int, typer.Option(help="Consecutive pieces of the corpus, each written as shard-NNNNN.npy + .ids.txt.")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes on the CPU (each gets cores/workers threads); with CUDA, one per device instead.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+    max_length: Annotated[int, typer.Option(help="Passage tokens kept.")] = 256,
+    titles: Annotated[bool, typer.Option(help="Encode passages as 'title text'; --no-titles: text alone.")] = True,
+    backend: Annotated[str, typer.Option(help="Inference backend: torch (fp32), int8, onnx, onnx-int8 (the last three on the CPU).")] = "torch",
+    device: Annotated[str, typer.Option(help="auto (every CUDA device when present), cpu, cuda or cuda:N (torch backend).")] = "auto",
+) -> None:
+    """Encode a corpus into checksummed vector shards with several processes (or GPUs); resumable."""
+    from onmkd.shards import encode_shards
+
+    manifest = encode_shards(model, dataset, out, shards=shards, workers=workers, batch_size=batch_size,
+                             max_length=max_length, backend=backend, titles=titles, device=device,
+                             log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"{manifest['count']:,} passages of {dataset} in {len(manifest['shards'])} shard(s), "
+               f"{manifest['dim']} floats each: {out}")
+
+
+@app.command("index")
+@_errors
+def index_cmd(
+    vector_dir: Annotated[Path, typer.Argument(help="A folder written by `onmkd-bench encode`.")],
+    kind: Annotated[str, typer.Option(help="faiss index: flat (exact), hnsw, ivfpq.")] = "flat",
+    shards: Annotated[int, typer.Option(help="Index shards over consecutive rows, searched as one index (saved as a folder).")] = 1,
+    out: Annotated[Optional[Path], typer.Option(help="Index file (a folder with --shards > 1) [default: VECTOR_DIR/index-KIND[-Nshards].faiss].")] = None,
+    hnsw_m: Annotated[int, typer.Option(help="hnsw: links per node.")] = 32,
+    ef_construction: Annotated[int, typer.Option(help="hnsw: candidate list while building.")] = 200,
+    ef_search: Annotated[int, typer.Option(help="hnsw: candidate list while searching.")] = 128,
+    nlist: Annotated[int, typer.Option(help="ivfpq: inverted lists (0: about 4*sqrt(N)).")] = 0,
+    pq_m: Annotated[int, typer.Option(help="ivfpq: sub-quantisers (0: dim/8).")] = 0,
+    pq_bits: Annotated[int, typer.Option(help="ivfpq: bits per sub-quantiser code.")] = 8,
+    nprobe: Annotated[int, typer.Option(help="ivfpq: lists visited per query.")] = 16,
+    train_size: Annotated[int, typer.Option(help="ivfpq: vectors sampled for training (0: faiss's default, at most 256 per list).")] = 0,
+    device: Annotated[str, typer.Option(help="Where faiss builds it: auto (a GPU when faiss-gpu sees one), cpu, gpu.")] = "auto",
+) -> None:
+    """Build a faiss index (optionally sharded) over encoded vector shards and save it with checksums.
+
+    Row i of the index is the i-th passage id, also written beside the index (.ids.txt)."""
+    import time
+
+    from onmkd.index import IndexSpec, save_index
+    from onmkd.resources import human
+    from onmkd.shards import build_index_from_shards, write_ids
+
+    spec = IndexSpec(kind=kind, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist,
+                     pq_m=pq_m, pq_bits=pq_bits, nprobe=nprobe, train_size=train_size, device=device)
+    out = out or vector_dir / (f"index-{kind}.faiss" if shards <= 1 else f"index-{kind}-{shards}shards")
+    t0 = time.perf_counter()
+    index, ids = build_index_from_shards(vector_dir, spec, shards)
+    seconds = time.perf_counter() - t0
+    save_index(index, out)
+    write_ids(out / "ids.txt" if out.is_dir() else out.with_name(out.name + ".ids.txt"), ids)
+    size = sum(p.stat().st_size for p in out.glob("*.faiss")) if out.is_dir() else out.stat().st_size
+    typer.echo(f"{kind} index over {len(ids):,} vectors{f' in {shards} shards' if shards > 1 else ''}, "
+               f"{human(size)}, built in {seconds:.1f} s: {out}")
 
 
 def main() -> None:

@@ -545,6 +545,10 @@ def convert_onnx_bert(
         raise ModelError(f"{onnx_path.name}: weights do not load into BertModel: {_one_line(exc)}") from exc
     model.eval()
 
+    from .resources import check_disk
+
+    need = sum(t.numel() * t.element_size() for t in tensors.values())
+    check_disk(out_dir.parent, need, f"the converted checkpoint {out_dir}")
     with _staging_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         if not (tmp / "model.safetensors").is_file():
@@ -733,8 +737,10 @@ def extract_zip_safely(
     """Extract every file of a zip archive into ``dest``; return their relative POSIX paths.
 
     Refuses (:class:`ModelError`, before writing anything) a member with an absolute path, a drive
-    letter or a ``..`` part, and symbolic links. With ``strip_root`` the single top folder that every
-    member shares is dropped. Members whose file name (any case) is in ``skip_names`` are skipped.
+    letter or a ``..`` part, and symbolic links; raises :class:`~onmkd.resources.ResourceError` (also
+    before writing) when ``dest``'s file system lacks room for the uncompressed files. With
+    ``strip_root`` the single top folder that every member shares is dropped. Members whose file
+    name (any case) is in ``skip_names`` are skipped.
     """
     dest = Path(dest)
     skip = {name.lower() for name in skip_names}
@@ -749,6 +755,9 @@ def extract_zip_safely(
                 raise ModelError(f"archive member '{info.filename}' escapes the destination folder; refusing to extract")
             if (info.external_attr >> 16) & 0o170000 == 0o120000:
                 raise ModelError(f"archive member '{info.filename}' is a symbolic link; refusing to extract")
+        from .resources import check_disk
+
+        check_disk(dest, sum(info.file_size for info in members), f"extracting the archive into {dest}")
         root = ""
         if strip_root and members:
             names = [info.filename.replace("\\", "/") for info in members]

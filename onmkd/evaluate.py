@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,8 +20,9 @@ from onmkd import __version__
 from onmkd.data import Dataset, passage_text
 from onmkd.errors import ConfigError
 from onmkd.index import IndexSpec, build_index, index_bytes, search
-from onmkd.io import atomic_path, cache_dir, write_json
+from onmkd.io import atomic_path, cache_dir, check_component, write_json
 from onmkd.metrics import answer_accuracy, qrels_metrics, rank, write_trec_run
+from onmkd.resources import check_disk, check_memory, human
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class EvalConfig:
         for name in ("q_max_len", "p_max_len", "batch_size", "top_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be a positive integer, got {getattr(self, name)}")
+        check_component(self.split, "split")  # callers name run folders after it
         from onmkd.backends import check_backend
 
         check_backend(self.backend)
@@ -91,13 +94,23 @@ def _encode_cached(encoder, ids, texts, max_length, batch_size, label, cache):
     key = hashlib.sha256(f"{encoder.fingerprint()}|{_corpus_hash(ids, texts)}|{max_length}{extra}".encode()).hexdigest()[:40]
     folder = cache_dir() / "embeddings"
     data, meta = folder / f"{key}.npy", folder / f"{key}.json"
+    n, dim = len(texts), int(getattr(encoder, "dim", 0) or 0)
+    vec_bytes = n * dim * 4
     if cache and data.exists() and meta.exists():
         try:
             info = json.loads(meta.read_text())
             if info.get("sha256") == _file_sha256(data):
+                check_memory(vec_bytes, f"loading the cached vectors of {n:,} {label} ({dim}-d float32)", SHARD_HINT)
                 return np.load(data, allow_pickle=False), True
         except (OSError, ValueError):
             pass  # damaged entry: encode again and overwrite it
+    # Encoding tokenizes every text at once (Python lists of ids) and fills one [N, dim] array.
+    tokens = sum(min(max_length, len(t) // 4 + 2) for t in texts)
+    check_memory(vec_bytes + tokens * TOKEN_BYTES,
+                 f"encoding {n:,} {label} ({dim}-d float32 vectors {human(vec_bytes)}, "
+                 f"tokenized text about {human(tokens * TOKEN_BYTES)})", SHARD_HINT)
+    if cache:
+        check_disk(folder, vec_bytes + 4096, f"caching the vectors of {n:,} {label} (--no-cache skips it)")
     vecs = encoder.encode(texts, max_length=max_length, batch_size=batch_size, progress=True, desc=label)
     if cache:
         with atomic_path(data) as tmp:
@@ -127,11 +140,44 @@ def load_retriever(model: str):
     return DualEncoder(Encoder.load(model))
 
 
+TOKEN_BYTES = 64  # memory per token of tokenized text: ids, mask and type ids as Python lists, plus offsets
+SHARD_HINT = ("encode the corpus in shards to disk with `onmkd-bench encode --shards N` (then `onmkd-bench index "
+              "--kind ivfpq`), or use a machine with more memory; a flat index over the vectors needs as much "
+              "again (--index ivfpq far less)")
+
+
+def index_memory(n: int, dim: int, spec: IndexSpec) -> int:
+    """Bytes of memory a faiss index of ``spec.kind`` over ``n`` vectors of ``dim`` floats takes (estimate).
+
+    ``flat`` stores every vector (``n·dim·4``); ``hnsw`` adds about ``2·hnsw_m`` links of 4 bytes
+    per vector; ``ivfpq`` keeps ``pq_m`` codes of ``pq_bits`` bits and an 8-byte id per vector,
+    plus the coarse centroids.
+    """
+    if spec.kind == "flat":
+        return n * dim * 4
+    if spec.kind == "hnsw":
+        return int(n * (dim * 4 + spec.hnsw_m * 2 * 4 * 1.1))
+    pq_m = spec.pq_m or max(1, dim // 8)
+    nlist = spec.nlist or max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
+    return int(n * (pq_m * spec.pq_bits / 8 + 8) + nlist * dim * 4)
+
+
 def dense_run(qvecs: np.ndarray, pvecs: np.ndarray, qids: list[str], pids: list[str], cfg: EvalConfig):
     """Search ``pvecs`` with ``qvecs`` through the configured faiss index.
 
     Returns the run ``{qid: {pid: score}}`` and ``(index_mb, search_ms_per_query)``.
+    Before building, checks that the index fits in memory (:func:`index_memory`); if not, the
+    message names a smaller index kind.
     """
+    n, d = pvecs.shape
+    need = index_memory(n, d, cfg.index)
+    sharded = "or a sharded index (`onmkd-bench encode --shards N`, then `onmkd-bench index --shards N`)"
+    if cfg.index.kind == "ivfpq":
+        alternative = f"lower index.pq_m, {sharded}"
+    else:
+        alternative = (f"use --index ivfpq (compressed, about {human(index_memory(n, d, IndexSpec(kind='ivfpq')))})"
+                       + (", --index hnsw" if cfg.index.kind == "flat" else "") + f" {sharded}")
+    check_memory(need, f"a {cfg.index.kind} index over {n:,} passages of {d} dims", alternative)
     index = build_index(pvecs, cfg.index)
     t0 = time.perf_counter()
     scores, rows = search(index, qvecs, cfg.top_k)

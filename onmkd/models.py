@@ -118,6 +118,44 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+TRUST_REMOTE_CODE_ENV = "ONMKD_TRUST_REMOTE_CODE"
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+# Weight files that are (or may hold) pickles or other formats run through arbitrary loaders.
+UNSAFE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack",
+                  "model.ckpt.index")
+
+
+def remote_code_allowed() -> bool:
+    """Whether ``transformers`` may run Python code shipped with a checkpoint (``auto_map``).
+
+    Off unless the user opts in: ``--trust-remote-code`` on the command line, or
+    ``ONMKD_TRUST_REMOTE_CODE=1``.
+    """
+    return os.environ.get(TRUST_REMOTE_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_safe_weights(folder: str | Path) -> None:
+    """Refuse (:class:`ModelError`) a local checkpoint folder whose weights are not safetensors.
+
+    ``pytorch_model.bin`` and friends are pickles: loading one can run any code it carries.
+    """
+    folder = Path(folder)
+    if any((folder / name).is_file() for name in SAFE_WEIGHTS):
+        explicit = None
+        try:
+            explicit = json.loads((folder / "config.json").read_text()).get("transformers_weights")
+        except (OSError, ValueError, AttributeError):
+            pass
+        if explicit is None or str(explicit).endswith((".safetensors", ".safetensors.index.json")):
+            return
+        raise ModelError(f"{folder}: config.json points at weights {explicit!r}; weights must be safetensors")
+    found = [name for name in UNSAFE_WEIGHTS if (folder / name).exists()]
+    what = (f"found only {', '.join(found)}, refused (pickle-based weights can run code when loaded)" if found
+            else "found no weights file")
+    raise ModelError(f"{folder}: weights must be safetensors (model.safetensors); {what}. "
+                     "Convert the checkpoint to safetensors with a tool you trust")
+
+
 def resolve(name_or_path: str) -> str:
     """A local folder or hub id for a registry name, a local path or a hub id.
 
@@ -185,8 +223,15 @@ class Encoder(torch.nn.Module):
         self.name = name
 
     @classmethod
-    def load(cls, name_or_path: str, *, pooling: str | None = None, normalize: bool | None = None) -> "Encoder":
-        """Load a registry name, local folder or hub id with the pooling it was trained with."""
+    def load(cls, name_or_path: str, *, pooling: str | None = None, normalize: bool | None = None,
+             trust_remote_code: bool | None = None) -> "Encoder":
+        """Load a registry name, local folder or hub id with the pooling it was trained with.
+
+        Weights are read from safetensors only (a folder holding only ``pytorch_model.bin``, a
+        pickle, is refused). Code shipped with a checkpoint runs only with ``trust_remote_code``
+        (default: :func:`remote_code_allowed`, off unless the user opts in).
+        """
+        from safetensors import SafetensorError
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -194,16 +239,21 @@ class Encoder(torch.nn.Module):
         hf_logging.set_verbosity_error()  # e.g. the unused BERT pooler of converted checkpoints
 
         where = resolve(name_or_path)
+        if Path(where).is_dir():
+            check_safe_weights(where)
         settings = _st_settings(where) if Path(where).exists() else {}
         ckpt = REGISTRY.get(name_or_path)
         pooling = pooling or settings.get("pooling") or (ckpt.pooling if ckpt else "mean")
         if normalize is None:
             normalize = bool(settings.get("normalize", ckpt.normalize if ckpt else True))
+        remote = remote_code_allowed() if trust_remote_code is None else bool(trust_remote_code)
         try:
-            tok = AutoTokenizer.from_pretrained(where)
-            model = AutoModel.from_pretrained(where)
-        except (OSError, ValueError) as e:
+            tok = AutoTokenizer.from_pretrained(where, trust_remote_code=remote)
+            model = AutoModel.from_pretrained(where, use_safetensors=True, trust_remote_code=remote)
+        except (OSError, ValueError, SafetensorError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "custom code" in str(e) or "trust_remote_code" in str(e):
+                first += f" (refused: pass --trust-remote-code or set {TRUST_REMOTE_CODE_ENV}=1 to allow it)"
             raise ModelError(f"model {name_or_path!r}: cannot load from {where}: {first}") from None
         return cls(model, tok, pooling=str(pooling), normalize=normalize, name=name_or_path).eval()
 

@@ -16,7 +16,7 @@ import torch
 from onmkd.config import PeerInit
 from onmkd.errors import ConfigError, ModelError
 from onmkd.io import write_json
-from onmkd.models import Encoder, resolve
+from onmkd.models import Encoder, remote_code_allowed, resolve
 
 
 def select_layers(rule: str, n: int, depth: int, explicit: tuple[int, ...] = ()) -> list[int]:
@@ -77,13 +77,13 @@ def _build_peer(init: PeerInit, *, layers: int, pooling: str, normalize: bool, s
     except ModelError as e:
         raise ConfigError(f"{field}.checkpoint: {e}") from None
     if init.random:
-        config = AutoConfig.from_pretrained(where)
+        config = AutoConfig.from_pretrained(where, trust_remote_code=remote_code_allowed())
         depth = int(config.num_hidden_layers)
         keep = _keep(init, layers, depth, field)
         config.num_hidden_layers = len(keep)
         torch.manual_seed(seed)
         enc = Encoder.load(init.checkpoint, pooling=pooling, normalize=normalize)
-        enc.model = AutoModel.from_config(config)
+        enc.model = AutoModel.from_config(config, trust_remote_code=remote_code_allowed())
         enc.model.train()
         return enc, keep
     enc = Encoder.load(init.checkpoint, pooling=pooling, normalize=normalize)
@@ -119,9 +119,14 @@ class DualEncoder(torch.nn.Module):
 
     def save(self, folder: str | Path, meta: dict | None = None) -> None:
         """Save as a sentence-transformers folder (tied) or ``query/`` + ``passage/`` folders."""
+        from onmkd.resources import check_disk
+
         folder = Path(folder)
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
+        towers = [self.question] if self.tied else [self.question, self.passage]
+        need = sum(t.numel() * t.element_size() for enc in towers for t in enc.model.state_dict().values())
+        check_disk(folder.parent, need, f"saving the model to {folder}")  # the old folder goes only after
         if self.tied:
             save_encoder(self.question, tmp)
         else:

@@ -76,6 +76,19 @@ def test_bad_data_is_one_line_naming_the_place(case, tiny_beir, tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+def test_unknown_qrels_switch_skips_with_one_warning(tiny_beir, tmp_path):
+    spec, _ = _unknown_qrels(tiny_beir)
+    assert invoke("data", "info", spec).exit_code == 2  # fail is the default
+    info = invoke("data", "info", spec, "--unknown-qrels", "skip")
+    assert info.exit_code == 0, info.output
+    assert "test.qrels" in info.output
+    result = invoke("evaluate", "--model", "bm25", "--dataset", spec, "--out", tmp_path / "run", "--unknown-qrels", "skip")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "metrics.json").exists()
+    bad = invoke("data", "info", spec, "--unknown-qrels", "ignore")
+    assert bad.exit_code == 2 and "unknown_qrels" in bad.output
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
