@@ -149,7 +149,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self.cfg, self.out, self.log = cfg, Path(out_dir), log if self.is_main else _quiet
         self.on_epoch = on_epoch  # called as on_epoch(epoch, dev_row) after each dev evaluation; may raise to stop
-        self._check_run_dir()
+        self._check_run_dir(write=False)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         tune_allocator()
@@ -157,6 +157,7 @@ class Trainer:
         self.data = hold_out_dev(data or load_dataset(cfg.data.dataset), cfg)
         self.data.split(cfg.data.dev_split)
         self.examples = build_examples(self.data, cfg)
+        self._check_run_dir()
         m = cfg.model
         self.peers: list[DualEncoder] = []
         self.kept_layers: list[list[int]] = []
@@ -196,8 +197,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- run directory
 
-    def _check_run_dir(self) -> None:
-        distributed.on_main(lambda: check_run_dir(self.cfg, self.out))
+    def _check_run_dir(self, write: bool = True) -> None:
+        distributed.on_main(lambda: check_run_dir(self.cfg, self.out, write))
 
     def _teacher_vectors(self):
         """The teacher's question and passage vectors, encoded once and cached by fingerprint."""
@@ -546,15 +547,17 @@ def load_state_file(path: Path, device) -> dict:
     return state
 
 
-def check_run_dir(cfg: RunConfig, out: Path) -> None:
-    """Write ``config.json`` into a new run directory; refuse one that holds another config."""
+def check_run_dir(cfg: RunConfig, out: Path, write: bool = True) -> None:
+    """Refuse a run directory that holds another config; else (``write``) record ``config.json``
+    in a new one. The trainer checks first and writes only once the data set has loaded, so a
+    broken data file leaves no config behind that the corrected config would then clash with."""
     saved = out / "config.json"
     if saved.exists():
         old = json.loads(saved.read_text())
         old.pop("onmkd_version", None)
         if from_dict(old) != cfg:
             raise ConfigError(f"{out}: holds a run with a different config; choose another --out or delete it")
-    else:
+    elif write:
         write_json(saved, {"onmkd_version": __version__, **cfg.to_dict()})
 
 

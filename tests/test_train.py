@@ -216,3 +216,16 @@ def test_training_on_dpr_biencoder_files_with_given_negatives(tiny_model_dir, tm
     assert all(ex.negatives for ex in examples)
     result = train(cfg, tmp_path / "run", data, log=lambda m: None)
     assert 0 <= result["dev"]["acc@20"] <= 1
+
+
+def test_broken_data_leaves_no_config_behind(tiny_model_dir, tmp_path):
+    from onmkd.errors import DataError
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"version": "1.1", "data": [')
+    with pytest.raises(DataError, match="broken.json"):
+        train(config(tiny_model_dir, f'data.dataset="squad:{broken}"', "train.epochs=1"), tmp_path / "r", log=lambda m: None)
+    assert not (tmp_path / "r" / "config.json").exists()
+    # the corrected config may use the same run directory
+    train(config(tiny_model_dir, "train.epochs=1"), tmp_path / "r", tiny_qa(), log=lambda m: None)
+    assert (tmp_path / "r" / "metrics.json").exists()
