@@ -87,6 +87,43 @@ def _unit_rows(path: Path, n: int, seed: int) -> None:
     del out
 
 
+def _clustered_rows(path: Path, n: int, seed: int, centres: np.ndarray, spread: float) -> None:
+    """Write ``n`` unit vectors, each a random row of ``centres`` plus Gaussian noise of norm about
+    ``spread``, normalised (float32, size DIM), in chunks."""
+    rng = np.random.default_rng(seed)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, DIM))
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        block = centres[rng.integers(0, len(centres), m)]
+        block += rng.standard_normal((m, DIM), dtype=np.float32) * np.float32(spread / math.sqrt(DIM))
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        out[start:start + m] = block
+    out.flush()
+    del out
+
+
+def _centres(args) -> np.ndarray:
+    """Two-level structure, like topics and sub-topics of a corpus: ``--topics`` random unit
+    directions, each with ``--subtopics`` centres at distance about 1 around it (not normalised)."""
+    rng = np.random.default_rng(args.seed + 7)
+    topics = rng.standard_normal((args.topics, DIM), dtype=np.float32)
+    topics /= np.linalg.norm(topics, axis=1, keepdims=True)
+    subs = np.repeat(topics, args.subtopics, axis=0)
+    subs += rng.standard_normal(subs.shape, dtype=np.float32) * np.float32(1.0 / math.sqrt(DIM))
+    return subs
+
+
+def _data_text(args) -> str:
+    if args.data == "uniform":
+        return (f"{args.n:,} random unit vectors of size {DIM} (float32, L2-normalised, generated in chunks of {CHUNK:,} "
+                f"from seed {args.seed}), {args.queries:,} separate random unit queries")
+    return (f"{args.n:,} clustered unit vectors of size {DIM} (float32, L2-normalised, seed {args.seed}): "
+            f"{args.topics:,} random topic directions, each with {args.subtopics} sub-topic centres around it "
+            f"(noise of norm 1), each vector a random sub-topic centre plus noise of norm {args.spread:g}, "
+            f"about {args.n // (args.topics * args.subtopics):,} vectors per sub-topic; {args.queries:,} queries drawn "
+            "the same way (new noise)")
+
+
 # --------------------------------------------------------------------------------------------
 # One index, in a child process
 # --------------------------------------------------------------------------------------------
@@ -264,12 +301,11 @@ def report(args, command: str, results: list[dict], env: dict, gen_s: float) -> 
     starts = ", ".join(f"{r.get('load_1min_at_start', 0):.1f}" for r in results)
 
     lines = [
-        "# Approximate search at scale: random vectors",
+        "# Approximate search at scale: " + ("random vectors" if args.data == "uniform" else "clustered random vectors"),
         "",
         f"Command: `{command}`",
         "",
-        f"{n:,} random unit vectors of size {DIM} (float32, L2-normalised, generated in chunks of {CHUNK:,} from seed "
-        f"{args.seed}), {args.queries:,} separate random unit queries, k = {args.k}; inner product. Recall@{args.k} is "
+        f"{_data_text(args)}, k = {args.k}; inner product. Recall@{args.k} is "
         f"the mean fraction of the exact top {args.k} (flat index) found. Generating the vectors took {gen_s:.1f} s.",
         "",
         f"Machine: {env['cpu']}, {env['cores']} cores, {env['mem_gib']:.1f} GiB memory, faiss {env['faiss']} "
@@ -284,14 +320,21 @@ def report(args, command: str, results: list[dict], env: dict, gen_s: float) -> 
         "beside it), so build times and queries per second are pessimistic; sizes, memory and recall are not",
         "affected.",
         "",
-    ] if busy else []) + [
+    ] if busy else []) + ([
+        "**Clustered vectors stand in for encoded passages**, which cluster by topic: the exact top 100 of a query",
+        "are mostly vectors of its own topic, and IVF lists and PQ codebooks have structure to fit. How close the",
+        "recall here comes to that on real embeddings depends on how well the synthetic structure matches theirs;",
+        "`reports/ann_scale.md` has the uniform worst case with the same index settings.",
+        "",
+    ] if args.data == "clustered" else [
         "**Uniformly random vectors are the worst case for IVF and PQ**: they have no cluster structure, so the",
         "coarse k-means lists and the product quantiser's codebooks fit nothing, every list is about equally",
         "likely to hold a neighbour, and the exact top 100 are barely closer than the rest (in 384 dimensions",
         "random inner products concentrate near 0). HNSW suffers too. Encoded passages cluster strongly; the",
         "recall of the same settings on real embeddings is much higher. The times and sizes, not the recalls,",
-        "are what carry over.",
+        "are what carry over (`--data clustered`: `reports/ann_scale_clustered.md`).",
         "",
+    ]) + [
         "How each figure is measured:",
         "",
         "- **build s**: wall seconds of `build_index` (or `build_sharded_index`) in a fresh child process: train",
@@ -354,6 +397,7 @@ def report(args, command: str, results: list[dict], env: dict, gen_s: float) -> 
         "",
     ]
     data = {"command": command, "n": n, "dim": DIM, "queries": args.queries, "k": args.k, "seed": args.seed,
+            "data": args.data, "topics": args.topics, "subtopics": args.subtopics, "spread": args.spread,
             "single_seconds": args.single_seconds,
             "generate_s": gen_s, "environment": env, "results": results, "rows": rows,
             "extrapolation_21m": {"passages": WIKI_N, "note": "estimates: sizes linear in N; build times as described",
@@ -368,7 +412,8 @@ def render(path: Path) -> int:
 
     data = json.loads(path.read_text())
     args = argparse.Namespace(n=data["n"], queries=data["queries"], k=data["k"], seed=data["seed"],
-                              single_seconds=data.get("single_seconds", 5.0))
+                              single_seconds=data.get("single_seconds", 5.0), data=data.get("data", "uniform"),
+                              topics=data.get("topics", 0), subtopics=data.get("subtopics", 0), spread=data.get("spread", 0.0))
     text, _ = report(args, data["command"], data["results"], data["environment"], data["generate_s"])
     head, rest = text.split("\n\n", 2)[:2], text.split("\n\n", 2)[2]
     text = "\n\n".join(head + [f"(This text was rendered again from `{path}`, without measuring, by "
@@ -397,9 +442,15 @@ def main() -> int:
     ap.add_argument("--ef-construction", type=int, default=40)
     ap.add_argument("--ef-search", type=int, nargs="+", default=[128, 256, 512])
     ap.add_argument("--single-seconds", type=float, default=5.0, help="time budget of the one-query timings per setting")
-    ap.add_argument("--out", type=Path, default=Path("reports/ann_scale"), help="writes OUT.md and OUT.json")
+    ap.add_argument("--data", choices=("uniform", "clustered"), default="uniform",
+                    help="uniform random unit vectors (the worst case), or clustered ones (topics and sub-topics)")
+    ap.add_argument("--topics", type=int, default=1000, help="clustered: topic directions")
+    ap.add_argument("--subtopics", type=int, default=100, help="clustered: sub-topic centres per topic")
+    ap.add_argument("--spread", type=float, default=0.7, help="clustered: norm of the noise around a sub-topic centre")
+    ap.add_argument("--out", type=Path, default=None, help="writes OUT.md and OUT.json [default: reports/ann_scale, or reports/ann_scale_clustered]")
     ap.add_argument("--workdir", type=Path, default=None, help="where the vectors are written [default: a temporary folder]")
     args = ap.parse_args()
+    args.out = args.out or Path("reports/ann_scale" if args.data == "uniform" else "reports/ann_scale_clustered")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import faiss
 
@@ -424,8 +475,14 @@ def main() -> int:
         work = Path(tmp)
         check_disk(work, (args.n + args.queries) * DIM * 4, "the random vectors")
         t0 = time.perf_counter()
-        _unit_rows(work / "base.npy", args.n, args.seed)
-        _unit_rows(work / "queries.npy", args.queries, args.seed + 1)
+        if args.data == "uniform":
+            _unit_rows(work / "base.npy", args.n, args.seed)
+            _unit_rows(work / "queries.npy", args.queries, args.seed + 1)
+        else:
+            centres = _centres(args)
+            _clustered_rows(work / "base.npy", args.n, args.seed, centres, args.spread)
+            _clustered_rows(work / "queries.npy", args.queries, args.seed + 1, centres, args.spread)
+            del centres
         gen_s = time.perf_counter() - t0
         log(f"{args.n:,} + {args.queries:,} vectors generated in {gen_s:.1f} s")
         results = []

@@ -60,6 +60,7 @@ exceptions to every rank so none is left waiting on a collective. Resuming reads
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -152,14 +153,13 @@ def cleanup() -> None:
 
 @contextlib.contextmanager
 def session(device: str | torch.device = "cpu"):
-    """``setup()`` on entry when the environment asks for several processes; ``cleanup()`` on exit
-    if this block set the group up (a group the caller made is left as it is)."""
-    mine = setup(device)
-    try:
-        yield
-    finally:
-        if mine:
-            cleanup()
+    """``setup()`` on entry when the environment asks for several processes. A group set up here
+    stays up until the process exits (``cleanup`` at exit), so a second ``train()`` in the same
+    process reuses it: destroying the default group and creating it again against torchrun's
+    store hung in 3 of 5 runs here (both ranks waiting in the first all_gather after the re-init)."""
+    if setup(device):
+        atexit.register(cleanup)
+    yield
 
 
 def device_for(device: torch.device) -> torch.device:

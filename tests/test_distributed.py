@@ -21,41 +21,13 @@ import torch
 
 from onmkd import distributed
 from onmkd.config import load_config
-from onmkd.data import Dataset, Split
 from onmkd.train import Trainer, batches, train
+
+from test_train import tiny_qa  # the tiny QA set the single-process tests train on
 
 WORLD = 2
 TIMEOUT_S = 120
 
-PASSAGES = {
-    "p1": ("France", "paris is the capital city of france"),
-    "p2": ("Germany", "berlin is the capital city of germany"),
-    "p3": ("Rhine", "the rhine river flows through germany and france"),
-    "p4": ("Tesla", "tesla was an inventor of electricity current"),
-    "p5": ("Oxygen", "oxygen is a gas with atomic number eight"),
-    "p6": ("Super Bowl", "the denver broncos won the super bowl game"),
-    "p7": ("King", "the king and queen of france were born in paris"),
-    "p8": ("War", "the war was won in the year eight"),
-}
-QUESTIONS = {
-    "train": [("what is the capital of france", "p1", "paris"), ("what is the capital of germany", "p2", "berlin"),
-              ("which river flows through germany", "p3", "rhine"), ("who was an inventor", "p4", "tesla"),
-              ("what gas has atomic number eight", "p5", "oxygen"), ("who won the super bowl", "p6", "denver broncos"),
-              ("where were the king and queen born", "p7", "paris"), ("when was the war won", "p8", "eight"),
-              ("which city is the capital of france", "p1", "paris"), ("what is a gas", "p5", "oxygen")],
-    "dev": [("capital city of germany", "p2", "berlin"), ("inventor of electricity", "p4", "tesla"),
-            ("which team won the game", "p6", "denver broncos")],
-}
-
-
-def tiny_qa() -> Dataset:
-    corpus = {p: {"title": t, "text": x} for p, (t, x) in PASSAGES.items()}
-    splits = {}
-    for name, rows in QUESTIONS.items():
-        splits[name] = Split({f"{name}{i}": q for i, (q, _, _) in enumerate(rows)},
-                             {f"{name}{i}": {p: 1} for i, (_, p, _) in enumerate(rows)},
-                             {f"{name}{i}": [a] for i, (_, _, a) in enumerate(rows)})
-    return Dataset("tiny-qa", corpus, splits, source="tiny-qa")
 
 
 # Peers differ (the second randomly initialised), so the mutual terms are not zero with dropout off.
@@ -117,13 +89,12 @@ def _rank_main(out: Path, model_dir: str, squad: str) -> None:
     rank = int(os.environ["RANK"])
 
     # 1. `onmkd-bench train` as torchrun runs it: train() joins the group from torchrun's
-    #    environment, trains, and leaves the group
+    #    environment, and trains; the group stays up for the rest of the process
     from onmkd.cli import app
 
     app(cli_args(model_dir, squad, out / "cli"), prog_name="onmkd-bench", standalone_mode=False)
-    assert not distributed.is_initialized()
-
-    assert distributed.setup("cpu")  # the same environment, joined again
+    assert distributed.is_initialized()  # the group train() made stays up for the process
+    assert not distributed.setup("cpu")  # and is reused, not made again
     try:
         # 2. gather_with_grad: uneven slices, values from every rank, gradient into this rank's only
         t = torch.full((rank + 1, 2), float(rank + 1), requires_grad=True)

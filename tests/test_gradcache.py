@@ -19,23 +19,13 @@ from onmkd.errors import ConfigError
 from onmkd.losses import onmkd_total
 from onmkd.train import Trainer, batches
 
+from test_train import PASSAGES, QUESTIONS  # the tiny QA set of the training tests
+
 RTOL = 1e-5
 
-PASSAGES = {
-    "p1": ("France", "paris is the capital city of france"),
-    "p2": ("Germany", "berlin is the capital city of germany"),
-    "p3": ("Rhine", "the rhine river flows through germany and france"),
-    "p4": ("Tesla", "tesla was an inventor of electricity current"),
-    "p5": ("Oxygen", "oxygen is a gas with atomic number eight"),
-    "p6": ("Super Bowl", "the denver broncos won the super bowl game"),
-    "p7": ("King", "the king and queen of france were born in paris"),
-    "p8": ("War", "the war was won in the year eight"),
-}
-TRAIN = [("what is the capital of france", "p1", "paris"), ("what is the capital of germany", "p2", "berlin"),
-         ("which river flows through germany", "p3", "rhine"), ("who was an inventor", "p4", "tesla"),
-         ("what gas has atomic number eight", "p5", "oxygen"), ("who won the super bowl", "p6", "denver broncos"),
-         ("where were the king and queen born", "p7", "paris"), ("when was the war won", "p8", "eight")]
-DEV = [("capital city of germany", "p2", "berlin")]
+
+TRAIN = QUESTIONS["train"][:8]
+DEV = QUESTIONS["dev"][:1]
 
 
 def tiny_qa() -> Dataset:

@@ -182,7 +182,8 @@ def test_gpu_request_on_cpu_faiss(monkeypatch):
         IndexSpec(device="tpu")
 
 
-def test_ann_scale_benchmark_smoke(tmp_path):
+@pytest.mark.parametrize("vectors", ["uniform", "clustered"])
+def test_ann_scale_benchmark_smoke(tmp_path, vectors):
     import json
     import subprocess
     import sys
@@ -192,8 +193,8 @@ def test_ann_scale_benchmark_smoke(tmp_path):
     out = tmp_path / "ann"
     proc = subprocess.run([sys.executable, str(script), "--n", "5000", "--queries", "50", "--pq-m", "8",
                            "--nprobe", "16", "--ef-search", "128", "--ef-construction", "40",
-                           "--single-seconds", "0.1", "--threads", "1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+                           "--single-seconds", "0.1", "--threads", "1", "--data", vectors, "--topics", "20",
+                           "--subtopics", "10", "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.with_suffix(".json").read_text())
     recall = {r["index"]: r["recall@100"] for r in data["rows"]}
@@ -201,3 +202,6 @@ def test_ann_scale_benchmark_smoke(tmp_path):
     assert set(recall) == {"flat", "flat-4shards", "ivfpq-m8", "hnsw-M32"}
     assert out.with_suffix(".md").read_text().startswith("# Approximate search at scale")
     assert "--n 5000" in data["command"]
+    assert data["data"] == vectors
+    if vectors == "clustered":  # structure that IVF lists can fit: far above the uniform worst case (about 0.1)
+        assert recall["ivfpq-m8"] > 0.5
