@@ -29,8 +29,8 @@ pg_test_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 }
 
-_pg_as() {  # run a server binary as a user PostgreSQL accepts
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+_pg_as() {  # run a server binary as a user PostgreSQL accepts (from /, which that user can enter)
+  if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 pg_test_start() {
