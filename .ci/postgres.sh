@@ -45,7 +45,7 @@ pg_test_start() {
   _pg_as "$bin/pg_ctl" -D "$PG_TEST_DIR/data" -l "$PG_TEST_DIR/server.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_TEST_DIR -c fsync=off" start >/dev/null \
     || { cat "$PG_TEST_DIR/server.log" >&2; return 1; }
-  "$bin/createdb" -h 127.0.0.1 -p "$port" -U onmkd optuna
+  "$bin/createdb" -h 127.0.0.1 -p "$port" -U onmkd optuna || return 1
   export ONMKD_TEST_POSTGRES="postgresql+psycopg://onmkd@127.0.0.1:$port/optuna"
   echo "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port for the shared-sweep tests" >&2
 }
