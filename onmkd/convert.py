@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterable, Iterator
 
 from .errors import ModelError
-from .io import cache_dir, write_json
+from .io import cache_dir, file_sha256, write_json
 
 __all__ = [
     "CHECKSUMS_FILE",
@@ -82,14 +82,6 @@ def _one_line(exc: BaseException | str) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _listed_files(folder: Path) -> list[str]:
     """Every regular file under ``folder`` except the checksums file, as sorted POSIX paths."""
     names = []
@@ -107,7 +99,7 @@ def write_checksums(folder: str | os.PathLike[str], **extra: Any) -> Path:
     Call it last, once every other file of the folder is written.
     """
     folder = Path(folder)
-    files = {rel: _sha256_file(folder / rel) for rel in _listed_files(folder)}
+    files = {rel: file_sha256(folder / rel) for rel in _listed_files(folder)}
     if not files:
         raise ModelError(f"{folder}: no files to checksum")
     path = folder / CHECKSUMS_FILE
@@ -140,7 +132,7 @@ def verify_checksums(folder: str | os.PathLike[str]) -> bool:
             return False
         path = folder / rel
         try:
-            if not path.is_file() or _sha256_file(path) != expected:
+            if not path.is_file() or file_sha256(path) != expected:
                 return False
         except OSError:
             return False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,8 +18,8 @@ import numpy as np
 from onmkd import __version__
 from onmkd.data import Dataset, passage_text
 from onmkd.errors import ConfigError
-from onmkd.index import IndexSpec, build_index, index_bytes, search
-from onmkd.io import atomic_path, cache_dir, check_component, write_json
+from onmkd.index import IndexSpec, build_index, estimate_bytes, index_bytes, search
+from onmkd.io import atomic_path, cache_dir, check_component, file_sha256, write_json
 from onmkd.metrics import answer_accuracy, qrels_metrics, rank, write_trec_run
 from onmkd.resources import check_disk, check_memory, human
 
@@ -69,14 +68,6 @@ def _corpus_hash(pids: list[str], texts: list[str]) -> str:
     return h.hexdigest()[:32]
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def encode_cached(encoder, ids: list[str], texts: list[str], max_length: int, batch_size: int, label: str,
                   cache: bool = True) -> np.ndarray:
     """Vectors of ``texts``, from the cache when this (model, ids + texts, length) was encoded before.
@@ -99,7 +90,7 @@ def _encode_cached(encoder, ids, texts, max_length, batch_size, label, cache):
     if cache and data.exists() and meta.exists():
         try:
             info = json.loads(meta.read_text())
-            if info.get("sha256") == _file_sha256(data):
+            if info.get("sha256") == file_sha256(data):
                 check_memory(vec_bytes, f"loading the cached vectors of {n:,} {label} ({dim}-d float32)", SHARD_HINT)
                 return np.load(data, allow_pickle=False), True
         except (OSError, ValueError):
@@ -117,7 +108,7 @@ def _encode_cached(encoder, ids, texts, max_length, batch_size, label, cache):
             with open(tmp, "wb") as f:
                 np.save(f, vecs, allow_pickle=False)
         write_json(meta, {"model": encoder.name, "what": label, "count": len(ids), "max_length": max_length,
-                          "backend": backend, "sha256": _file_sha256(data)})
+                          "backend": backend, "sha256": file_sha256(data)})
     return vecs, False
 
 
@@ -146,36 +137,21 @@ SHARD_HINT = ("encode the corpus in shards to disk with `onmkd-bench encode --sh
               "again (--index ivfpq far less)")
 
 
-def index_memory(n: int, dim: int, spec: IndexSpec) -> int:
-    """Bytes of memory a faiss index of ``spec.kind`` over ``n`` vectors of ``dim`` floats takes (estimate).
-
-    ``flat`` stores every vector (``n·dim·4``); ``hnsw`` adds about ``2·hnsw_m`` links of 4 bytes
-    per vector; ``ivfpq`` keeps ``pq_m`` codes of ``pq_bits`` bits and an 8-byte id per vector,
-    plus the coarse centroids.
-    """
-    if spec.kind == "flat":
-        return n * dim * 4
-    if spec.kind == "hnsw":
-        return int(n * (dim * 4 + spec.hnsw_m * 2 * 4 * 1.1))
-    pq_m = spec.pq_m or max(1, dim // 8)
-    nlist = spec.nlist or max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
-    return int(n * (pq_m * spec.pq_bits / 8 + 8) + nlist * dim * 4)
-
-
 def dense_run(qvecs: np.ndarray, pvecs: np.ndarray, qids: list[str], pids: list[str], cfg: EvalConfig):
     """Search ``pvecs`` with ``qvecs`` through the configured faiss index.
 
     Returns the run ``{qid: {pid: score}}`` and ``(index_mb, search_ms_per_query)``.
-    Before building, checks that the index fits in memory (:func:`index_memory`); if not, the
-    message names a smaller index kind.
+    Before building, checks that the index fits in memory (:func:`onmkd.index.estimate_bytes`);
+    if not, the message names the command-line alternatives (``build_index`` checks again, in
+    index terms, for callers that build indexes themselves).
     """
     n, d = pvecs.shape
-    need = index_memory(n, d, cfg.index)
+    need = estimate_bytes(n, d, cfg.index)
     sharded = "or a sharded index (`onmkd-bench encode --shards N`, then `onmkd-bench index --shards N`)"
     if cfg.index.kind == "ivfpq":
         alternative = f"lower index.pq_m, {sharded}"
     else:
-        alternative = (f"use --index ivfpq (compressed, about {human(index_memory(n, d, IndexSpec(kind='ivfpq')))})"
+        alternative = (f"use --index ivfpq (compressed, about {human(estimate_bytes(n, d, IndexSpec(kind='ivfpq')))})"
                        + (", --index hnsw" if cfg.index.kind == "flat" else "") + f" {sharded}")
     check_memory(need, f"a {cfg.index.kind} index over {n:,} passages of {d} dims", alternative)
     index = build_index(pvecs, cfg.index)

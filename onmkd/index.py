@@ -36,7 +36,7 @@ import faiss
 import numpy as np
 
 from onmkd.errors import ConfigError, DataError
-from onmkd.io import atomic_path, write_json, write_text
+from onmkd.io import atomic_path, file_sha256, write_json, write_text
 
 INDEX_KINDS = ("flat", "hnsw", "ivfpq")
 INDEX_DEVICES = ("auto", "cpu", "gpu")
@@ -361,12 +361,6 @@ def index_bytes(index) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    from onmkd.convert import _sha256_file
-
-    return _sha256_file(path)
-
-
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """Where the checksum of the index file ``path`` is kept: ``<path>.sha256``."""
     path = Path(path)
@@ -376,7 +370,7 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
 def _save_one(index: faiss.Index, path: Path) -> str:
     with atomic_path(path) as tmp:
         faiss.write_index(to_cpu(index), str(tmp))
-        digest = _sha256(tmp)
+        digest = file_sha256(tmp)
     write_text(sidecar_path(path), f"{digest}  {path.name}\n")
     return digest
 
@@ -410,7 +404,7 @@ def _verified(path: Path, verify: bool) -> None:
     except (OSError, IndexError):
         raise DataError(f"{path}: no checksum file {side.name} beside it (an index not written by onmkd, or "
                         "its write did not finish); rebuild it, or load it with verify=False") from None
-    if _sha256(path) != expected:
+    if file_sha256(path) != expected:
         raise DataError(f"{path}: does not match its checksum in {side.name}: the file is damaged or truncated; "
                         "rebuild the index")
 

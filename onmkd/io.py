@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -108,3 +109,12 @@ def safe_join(root: str | os.PathLike[str], *parts: str, what: str = "path") -> 
     if os.path.commonpath([root_abs, out_abs]) != root_abs:  # pragma: no cover - caught above
         raise ConfigError(f"{what}: {out} lies outside {base}")
     return out
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (the checksum of every cached artifact)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

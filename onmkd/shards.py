@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from onmkd.errors import ConfigError, DataError
-from onmkd.io import atomic_path, write_json, write_text
+from onmkd.io import atomic_path, file_sha256, write_json, write_text
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -37,12 +37,6 @@ _KEY_FIELDS = ("fingerprint", "backend", "corpus_sha256", "count", "max_length",
 def shard_names(i: int) -> tuple[str, str]:
     """File names of shard ``i``: vectors and ids."""
     return f"shard-{i:05d}.npy", f"shard-{i:05d}.ids.txt"
-
-
-def _sha256(path: Path) -> str:
-    from onmkd.convert import _sha256_file
-
-    return _sha256_file(path)
 
 
 def _cores() -> int:
@@ -118,10 +112,10 @@ def _write_shard(out_dir: Path, i: int, ids: list[str], vecs: np.ndarray) -> dic
     with atomic_path(out_dir / vec_name) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(vecs, dtype=np.float32), allow_pickle=False)
-        vec_sha = _sha256(tmp)
+        vec_sha = file_sha256(tmp)
     with atomic_path(out_dir / ids_name) as tmp:
         tmp.write_text("".join(p + "\n" for p in ids), encoding="utf-8")
-        ids_sha = _sha256(tmp)
+        ids_sha = file_sha256(tmp)
     return {"vectors": vec_name, "ids": ids_name, "count": len(ids), "sha256": {"vectors": vec_sha, "ids": ids_sha}}
 
 
@@ -161,7 +155,7 @@ def _entry_ok(out_dir: Path, entry: dict[str, Any] | None) -> bool:
         return False
     for field in ("vectors", "ids"):
         path = out_dir / str(entry.get(field, ""))
-        if path.parent != out_dir or not path.is_file() or _sha256(path) != entry["sha256"].get(field):
+        if path.parent != out_dir or not path.is_file() or file_sha256(path) != entry["sha256"].get(field):
             return False
     return True
 
@@ -316,7 +310,7 @@ def iter_shards(out_dir: str | os.PathLike[str], *, verify: bool = True) -> Iter
         for field, path in (("vectors", vec_path), ("ids", ids_path)):
             if not path.is_file():
                 raise DataError(f"{path}: missing; rerun the `onmkd-bench encode` command to encode it again")
-            if verify and _sha256(path) != entry["sha256"][field]:
+            if verify and file_sha256(path) != entry["sha256"][field]:
                 raise DataError(f"{path}: does not match its sha256 in {MANIFEST} (damaged or truncated); "
                                 "rerun the `onmkd-bench encode` command to encode it again")
         try:
