@@ -396,7 +396,9 @@ class Trainer:
         if texts:
             return self._tower(enc, texts, max_length, chunk)
         layers, dim, device = self.layers_needed, enc.dim, self.device
-        return gradcache.Tower(lambda _: {l: torch.zeros(0, dim, device=device, requires_grad=True) for l in layers}, [None])
+        dtype = next(enc.parameters()).dtype  # every rank's vectors must share one dtype to be gathered
+        return gradcache.Tower(lambda _: {l: torch.zeros(0, dim, device=device, dtype=dtype, requires_grad=True)
+                                          for l in layers}, [None])
 
     def train_step(self, chunk: list[Example], cands: list[str], labels: list[int]) -> dict[str, float]:
         logs = self.backward(chunk, cands, labels)
