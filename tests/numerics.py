@@ -82,3 +82,8 @@ def dropout_off(modules) -> None:
         for m in module.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
+
+
+# The tests' tiny BERT (conftest.tiny_model_dir): 2 layers, hidden 32, feed-forward 64, texts of at
+# most 32 tokens: bert_forward_atol gives 2·3·γ(64) ≈ 2.3e-5 for its unit vectors.
+TINY_BERT_ATOL = forward_atol(2 + 1, 64)

@@ -10,6 +10,8 @@ from onmkd.errors import ConfigError
 from onmkd.evaluate import EvalConfig, evaluate
 from onmkd.models import Encoder
 
+from numerics import bert_forward_atol
+
 TEXTS = ["paris is the capital city of france", "tesla", "the rhine river flows through germany and france",
          "who was the king", "oxygen is a gas with atomic number eight", "berlin"]
 
@@ -32,6 +34,7 @@ def tiny(tiny_model_dir):
 # ---- the PyTorch fast path that Encoder.encode uses
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("pooling, ffn_rows", [("mean", 2048), ("cls", 2048), ("mean", 5)])
 def test_fused_forward_equals_transformers_forward(tiny_model_dir, pooling, ffn_rows, monkeypatch):
     monkeypatch.setattr(fastpath.FusedBert, "FFN_ROWS", ffn_rows)  # 5: the feed-forward in blocks
@@ -42,10 +45,12 @@ def test_fused_forward_equals_transformers_forward(tiny_model_dir, pooling, ffn_
         ref = enc.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
         got = fastpath.FusedBert(enc.model)(b["input_ids"], b["attention_mask"])
     real = b["attention_mask"].bool()
-    assert torch.allclose(got[real], ref[real], atol=1e-5)
-    assert np.allclose(enc.encode(TEXTS, max_length=32, batch_size=4), _reference(enc, TEXTS), atol=1e-5)
+    tol = bert_forward_atol(enc.model.config, 32)  # two kernels, two summation orders (tests/numerics.py)
+    assert torch.allclose(got[real], ref[real], atol=tol * ref[real].abs().max().item())
+    assert np.allclose(enc.encode(TEXTS, max_length=32, batch_size=4), _reference(enc, TEXTS), atol=tol)
 
 
+@pytest.mark.numerics
 def test_encode_follows_weight_updates_and_keeps_training_mode(tiny_model_dir):
     enc = Encoder.load(str(tiny_model_dir)).train()
     before = enc.encode(TEXTS, max_length=32)
@@ -54,8 +59,9 @@ def test_encode_follows_weight_updates_and_keeps_training_mode(tiny_model_dir):
         enc.model.encoder.layer[0].attention.self.value.weight.add_(torch.randn(32, 32, generator=torch.Generator().manual_seed(1)))
     after = enc.encode(TEXTS, max_length=32)
     enc.eval()
-    assert not np.allclose(before, after, atol=1e-4)
-    assert np.allclose(after, _reference(enc, TEXTS), atol=1e-5)
+    tol = bert_forward_atol(enc.model.config, 32)
+    assert not np.allclose(before, after, atol=100 * tol)
+    assert np.allclose(after, _reference(enc, TEXTS), atol=tol)
 
 
 def test_unsupported_models_use_the_transformers_forward(tiny):
@@ -68,6 +74,7 @@ def test_unsupported_models_use_the_transformers_forward(tiny):
 # ---- int8 and ONNX Runtime backends
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("backend", ["int8", "onnx", "onnx-int8"])
 def test_backend_vectors_close_to_fp32(tiny, backend):
     ref = tiny.encode(TEXTS, max_length=32)
@@ -76,12 +83,15 @@ def test_backend_vectors_close_to_fp32(tiny, backend):
     assert got.shape == ref.shape and got.dtype == np.float32
     cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() > 0.99, cos
+    tol = bert_forward_atol(tiny.model.config, 32)  # ONNX Runtime's kernels: rounding only
     if backend == "onnx":
-        assert np.allclose(got, ref, atol=1e-4)
+        assert np.allclose(got, ref, atol=tol)
     # the same contract as Encoder: one text at a time gives the same vectors (order kept)
     batches = [enc.tokenize([t], 32) for t in TEXTS]
     one = np.vstack([enc.infer(b["input_ids"], b["attention_mask"]).numpy() for b in batches])
-    assert np.allclose(one, got, atol=1e-4 if backend == "onnx" else 2e-2)
+    # int8: activations are quantised with a scale from each batch's range, so a batch of one and a
+    # batch of four differ by quantisation steps (about 1e-2 of a unit vector), not by rounding
+    assert np.allclose(one, got, atol=tol if backend == "onnx" else 2e-2)
     assert enc.fingerprint() == f"{tiny.fingerprint()}-{backend}"
     assert enc.parameters_count() == tiny.parameters_count() and enc.dim == tiny.dim
 

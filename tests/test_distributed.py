@@ -26,6 +26,8 @@ from onmkd.train import Trainer, batches, train
 from numerics import F64_RTOL, dropout_off, to_float64
 from test_train import tiny_qa  # the tiny QA set the single-process tests train on
 
+pytestmark = pytest.mark.numerics  # run again with the kernels forced to another ISA (run.sh)
+
 WORLD = 2
 TIMEOUT_S = 120
 

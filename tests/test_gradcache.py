@@ -28,6 +28,8 @@ from onmkd.train import Trainer, batches
 from numerics import F64_RTOL, bert_forward_atol, dropout_off, to_float64
 from test_train import PASSAGES, QUESTIONS  # the tiny QA set of the training tests
 
+pytestmark = pytest.mark.numerics  # run again with the kernels forced to another ISA (run.sh)
+
 RTOL = F64_RTOL
 
 
