@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from onmkd.cli import app
 from onmkd.data import Dataset, load_dataset
 from onmkd.data.qed import BUNDLED as QED_FILE
-from onmkd.data.splits import fold_units, hash_bucket, hash_order, positive_pids, qed_paragraph_split, Fold
+from onmkd.data.splits import Fold, fold_units, hash_bucket, hash_order, positive_pids, qed_paragraph_split
 from onmkd.errors import DataError
 
 SCIFACT = Path("/work/shared/data/scifact-beir")
