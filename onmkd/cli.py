@@ -57,8 +57,8 @@ def _slug(text: str) -> str:
 
 @data_app.command("info")
 @_errors
-def data_info(spec: Annotated[str, typer.Argument(help="Data set spec.")], unknown_qrels: QrelsOpt = "fail") -> None:
-    """Print the counts of a data set: questions, qrels and answered questions per split; passages."""
+def data_info(spec: Annotated[str, typer.Argument(help="Data set spec, e.g. squad, nq-qed, 'nq-qed?fold=1of5', scifact:DIR.")], unknown_qrels: QrelsOpt = "fail") -> None:
+    """Print a data set's passages (every split searches all), its split rule, and per split: questions, qrels, distinct positive passages, answered questions."""
     from onmkd.data import load_dataset
 
     info = load_dataset(spec, unknown_qrels=unknown_qrels).info()

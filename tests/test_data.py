@@ -142,14 +142,19 @@ def test_bundled_squad_counts(squad: Dataset) -> None:
     assert squad.info() == {
         "dataset": "squad",
         "passages": 2067,
+        "split_rule": "by article index i in file order: i mod 5 = 4 test, i mod 10 = 2 dev, else train; "
+        "corpus = all paragraphs",
         "train.questions": 7687,
         "train.qrels": 7687,
+        "train.positives": 1427,
         "train.with_answers": 7687,
         "dev.questions": 908,
         "dev.qrels": 908,
+        "dev.positives": 201,
         "dev.with_answers": 908,
         "test.questions": 1975,
         "test.qrels": 1975,
+        "test.positives": 439,
         "test.with_answers": 1975,
     }
     # Test questions cover 439 paragraphs of 9 articles.
@@ -211,22 +216,26 @@ def test_squad_path_json_and_zip(tmp_path: Path) -> None:
 
 
 def test_bundled_qed(qed: Dataset) -> None:
-    assert qed.info() == {
+    info = qed.info()
+    assert {k: v for k, v in info.items() if not k.startswith(("train.", "dev.", "test."))} == {
         "dataset": "nq-qed",
         "passages": 1343,
-        "test.questions": 1355,
-        "test.qrels": 1355,
-        "test.with_answers": 1355,
+        "split_rule": "by paragraph: sha256(pid)[:8] mod 100 < 70 train, < 80 dev, else test; "
+        "all = every question; corpus = all paragraphs",
+        "all.questions": 1355,
+        "all.qrels": 1355,
+        "all.positives": 1343,
+        "all.with_answers": 1355,
     }
-    test = qed.split("test")
+    test = qed.split("all")
     qid = "-3290814144789249484"
     assert test.queries[qid] == "who got the first nobel prize in physics"
     assert test.answers[qid] == ["Wilhelm Conrad Röntgen , of Germany", "Wilhelm Conrad Röntgen"]
     (pid,) = test.qrels[qid]
     assert qed.corpus[pid]["title"] == "List of Nobel laureates in Physics"
     assert pid == stable_pid(qed.corpus[pid]["title"], qed.corpus[pid]["text"])
-    with pytest.raises(DataError, match="no split 'train'"):
-        qed.split("train")
+    with pytest.raises(DataError, match="no split 'validation'"):
+        qed.split("validation")
 
 
 def test_qed_user_copy(tmp_path: Path) -> None:
@@ -240,7 +249,9 @@ def test_qed_user_copy(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "mine.jsonlines", [row, {**row, "example_id": 8}])
     ds = load_dataset(f"nq-qed:{path}")
     assert ds.name == "mine" and len(ds.corpus) == 1
-    assert ds.split("test").answers == {"7": ["a", "b"], "8": ["a", "b"]}
+    assert ds.split("all").answers == {"7": ["a", "b"], "8": ["a", "b"]}
+    (one,) = (s for n, s in ds.splits.items() if n != "all")  # one paragraph: one split
+    assert one.answers == ds.split("all").answers
 
 
 # --------------------------------------------------------------------------- BEIR
@@ -252,11 +263,14 @@ def test_scifact_counts() -> None:
     assert ds.info() == {
         "dataset": "scifact-beir",
         "passages": 5183,
+        "split_rule": "splits as given by the files",
         "train.questions": 809,
         "train.qrels": 919,
+        "train.positives": 565,
         "train.with_answers": 0,
         "test.questions": 300,
         "test.qrels": 339,
+        "test.positives": 283,
         "test.with_answers": 0,
     }
     assert load_dataset(str(SCIFACT)).info() == ds.info()  # bare path
@@ -346,11 +360,14 @@ def test_dpr_qa(tmp_path: Path) -> None:
     assert ds.info() == {
         "dataset": "nq-test+trivia-dev",
         "passages": 2,
+        "split_rule": "splits as given by the files",
         "dev.questions": 1,
         "dev.qrels": 0,
+        "dev.positives": 0,
         "dev.with_answers": 1,
         "test.questions": 2,
         "test.qrels": 0,
+        "test.positives": 0,
         "test.with_answers": 2,
     }
 

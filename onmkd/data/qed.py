@@ -7,8 +7,13 @@ with a ``string``).
 Corpus: the distinct ``(title_text, paragraph_text)`` pairs, ``pid`` = a 16-hex sha1 of title
 and text (stable across copies and orderings of the file). Queries: ``question_text`` keyed by
 ``example_id``; qrels: the question's own paragraph (grade 1); answers: every distinct span
-``string`` across ``original_nq_answers``, in order. QED is an evaluation set, so everything is
-one split, ``"test"``. The bundled dev file has 1,355 questions over 1,343 paragraphs.
+``string`` across ``original_nq_answers``, in order. The bundled dev file has 1,355 questions
+over 1,343 paragraphs.
+
+:func:`load_qed` returns the file as it is: every question in one split, ``"test"``. The
+``nq-qed`` and ``nq-qed:PATH`` specs then split it by paragraph into train/dev/test (plus
+``all`` = every question) with :func:`onmkd.data.splits.split_qed`, whose docstring gives the rule
+and the counts.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from pathlib import Path
 from onmkd.data.beir import is_beir_dir, load_beir
 from onmkd.data.dpr import load_dpr, load_dpr_qa
 from onmkd.data.qed import load_qed
+from onmkd.data.splits import Fold, parse_fold, split_qed, split_scifact, split_spec_options
 from onmkd.data.squad import load_squad
 from onmkd.data.types import Dataset
 from onmkd.errors import ConfigError, DataError
@@ -18,17 +19,22 @@ from onmkd.errors import ConfigError, DataError
 SPEC_HELP = """\
 Data set specs:
   squad | squad:PATH            bundled SQuAD v1.1 dev, or any SQuAD-format .json/.zip; split by article
-  nq-qed | nq-qed:PATH          bundled QED dev (NQ questions + gold paragraphs), or a .jsonlines[.gz]
+  nq-qed | nq-qed:PATH          bundled QED dev (NQ questions + gold paragraphs), or a .jsonlines[.gz];
+                                split by paragraph (70/10/20 by sha256), plus all = every question
+  scifact:DIR                   BEIR SciFact folder: official test, dev = every 10th train question by id
   beir:DIR | DIR                BEIR folder: corpus.jsonl[.gz], queries.jsonl[.gz], qrels/<split>.tsv
   dpr:FILE[,FILE...]            DPR biencoder .json files; split from the name (train/dev/test)
   dpr-qa:PSGS_TSV:QA[,QA...]    DPR psgs_w100.tsv + *.qa.csv questions (answers only, no qrels)
-  hf:NAME_OR_DIR[:CONFIG]       Hugging Face hub name or save_to_disk folder with SQuAD-style columns"""
+  hf:NAME_OR_DIR[:CONFIG]       Hugging Face hub name or save_to_disk folder with SQuAD-style columns
+Options (nq-qed and scifact:DIR only), after '?':
+  SPEC?fold=KofN                cross-validation: fold K of N is test, dev every 10th of the rest"""
 
 _FORMS = (
-    "squad, squad:PATH, nq-qed, nq-qed:PATH, beir:DIR or a BEIR folder, dpr:FILE[,FILE...], "
+    "squad, squad:PATH, nq-qed, nq-qed:PATH, scifact:DIR, beir:DIR or a BEIR folder, dpr:FILE[,FILE...], "
     "dpr-qa:PSGS_TSV:QA_CSV[,QA_CSV...], hf:NAME_OR_DIR[:CONFIG]"
 )
-_PREFIXES = ("squad", "nq-qed", "beir", "dpr", "dpr-qa", "hf")
+_PREFIXES = ("squad", "nq-qed", "scifact", "beir", "dpr", "dpr-qa", "hf")
+_WITH_FOLDS = ("nq-qed", "scifact")
 UNKNOWN_QRELS = ("fail", "skip")
 
 
@@ -65,12 +71,20 @@ def load_dataset(spec: str, *, unknown_qrels: str = "fail") -> Dataset:
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"empty data set spec: expected one of {_FORMS}")
     spec = spec.strip()
-    if spec == "squad":
+    base, options = split_spec_options(spec)
+    fold: Fold | None = None
+    if options:
+        if base.partition(":")[0] not in _WITH_FOLDS:
+            raise DataError(f"{spec}: options apply to nq-qed, nq-qed:PATH and scifact:DIR only")
+        fold = parse_fold(options["fold"], spec)
+    if base == "squad":
         return load_squad()
-    if spec == "nq-qed":
-        return load_qed()
+    if base == "nq-qed":
+        return split_qed(load_qed(), fold, spec)
+    if base == "scifact":
+        raise DataError(f"{spec}: name the BEIR folder, scifact:DIR (SciFact is CC BY-NC and not bundled)")
 
-    prefix, sep, rest = spec.partition(":")
+    prefix, sep, rest = base.partition(":")
     if sep and prefix in _PREFIXES:
         rest = rest.strip()
         if not rest:
@@ -78,7 +92,9 @@ def load_dataset(spec: str, *, unknown_qrels: str = "fail") -> Dataset:
         if prefix == "squad":
             return load_squad(rest)
         if prefix == "nq-qed":
-            return load_qed(rest)
+            return split_qed(load_qed(rest), fold, spec)
+        if prefix == "scifact":
+            return split_scifact(load_beir(rest, unknown_qrels=unknown_qrels, name="scifact"), fold, spec)
         if prefix == "beir":
             return load_beir(rest, unknown_qrels=unknown_qrels)
         if prefix == "dpr":

@@ -41,6 +41,8 @@ from onmkd.data.types import Dataset, Split
 from onmkd.errors import DataError
 
 BUNDLED = Path(__file__).resolve().parent / "bundled" / "squad-v1.1-dev.json.zip"
+SPLIT_RULE = ("by article index i in file order: i mod 5 = 4 test, i mod 10 = 2 dev, else train; "
+              "corpus = all paragraphs")
 
 
 def split_of_article(index: int) -> str:
@@ -116,4 +118,4 @@ def load_squad(path: str | Path | None = None, *, name: str | None = None) -> Da
     ordered = {n: splits[n] for n in ordered_splits(set(splits))}
     if name is None:
         name = "squad" if path == BUNDLED else file_stem(path)
-    return Dataset(name=name, corpus=corpus, splits=ordered, source=str(path))
+    return Dataset(name=name, corpus=corpus, splits=ordered, source=str(path), split_rule=SPLIT_RULE)

@@ -35,6 +35,8 @@ class Dataset:
     corpus: Corpus
     splits: dict[str, Split]
     source: str = ""
+    # How the splits were made, in one line (shown by `onmkd-bench data info`).
+    split_rule: str = ""
 
     def split(self, name: str) -> Split:
         from onmkd.errors import DataError
@@ -45,11 +47,17 @@ class Dataset:
         return self.splits[name]
 
     def info(self) -> dict[str, object]:
-        """Counts per split: questions, qrels, questions with answers; passages in the corpus."""
-        out: dict[str, object] = {"dataset": self.name, "passages": len(self.corpus)}
+        """Passages in the corpus (every split searches all of them), the split rule, and per split:
+        questions, qrels, distinct positive passages (grade > 0), questions with answers."""
+        out: dict[str, object] = {
+            "dataset": self.name,
+            "passages": len(self.corpus),
+            "split_rule": self.split_rule or "splits as given by the files",
+        }
         for name, s in self.splits.items():
             out[f"{name}.questions"] = len(s.queries)
             out[f"{name}.qrels"] = sum(len(v) for v in s.qrels.values())
+            out[f"{name}.positives"] = len({p for rel in s.qrels.values() for p, g in rel.items() if g > 0})
             out[f"{name}.with_answers"] = sum(1 for q in s.queries if s.answers.get(q))
         return out
 
