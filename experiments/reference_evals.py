@@ -23,7 +23,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from onmkd.io import write_text
-    from onmkd.report import metrics_table
+    from onmkd.study.report import metrics_table
 
     datasets = [("squad", "squad"), ("nq-qed", "nq-qed")]
     if Path(args.scifact).is_dir():

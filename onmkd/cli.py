@@ -46,7 +46,7 @@ def _main(
 ) -> None:
     """Train, benchmark and ablate small dense passage retrievers (OnMKD)."""
     if trust_remote_code:
-        from onmkd.models import TRUST_REMOTE_CODE_ENV
+        from onmkd.retrieval.models import TRUST_REMOTE_CODE_ENV
 
         os.environ[TRUST_REMOTE_CODE_ENV] = "1"  # read where checkpoints load; inherited by workers
 
@@ -71,8 +71,8 @@ def data_info(spec: Annotated[str, typer.Argument(help="Data set spec.")], unkno
 @_errors
 def models_list() -> None:
     """Show the registry: layers, hidden size, parameters, and whether each is available here."""
-    from onmkd.report import to_markdown
-    from onmkd.models import REGISTRY, checkpoint_params
+    from onmkd.study.report import to_markdown
+    from onmkd.retrieval.models import REGISTRY, checkpoint_params
 
     rows = []
     for c in REGISTRY.values():
@@ -88,7 +88,7 @@ def models_list() -> None:
 @_errors
 def models_install(name: Annotated[str, typer.Argument(help="Registry name, e.g. mpnet-base.")]) -> None:
     """Install a registry checkpoint's offline source and prepare it in the cache (opt-in ones: mpnet-base)."""
-    from onmkd.models import install
+    from onmkd.retrieval.models import install
 
     typer.echo(f"{name}: ready at {install(name)}")
 
@@ -113,9 +113,9 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate a retriever on one split: accuracy, recall, MRR, nDCG; writes config, metrics and a TREC run."""
     from onmkd.data import load_dataset
-    from onmkd.evaluate import EvalConfig, evaluate
-    from onmkd.index import IndexSpec
-    from onmkd.report import metrics_table
+    from onmkd.retrieval.evaluate import EvalConfig, evaluate
+    from onmkd.retrieval.index import IndexSpec
+    from onmkd.study.report import metrics_table
 
     cfg = EvalConfig(model=model, dataset=dataset, split=split, q_max_len=q_max_len, p_max_len=p_max_len,
                      batch_size=batch_size, top_k=top_k, index=IndexSpec(kind=index), titles=titles, cache=cache,
@@ -139,10 +139,10 @@ def baselines_cmd(
 ) -> None:
     """Evaluate the teacher encoders, the small off-the-shelf encoder and BM25 on one split; print the table."""
     from onmkd.data import load_dataset
-    from onmkd.evaluate import EvalConfig, evaluate
+    from onmkd.retrieval.evaluate import EvalConfig, evaluate
     from onmkd.io import write_text
-    from onmkd.models import REGISTRY
-    from onmkd.report import metrics_table
+    from onmkd.retrieval.models import REGISTRY
+    from onmkd.study.report import metrics_table
 
     names = [m.strip() for m in models.split(",") if m.strip()] or [
         c.name for c in REGISTRY.values() if c.role in ("teacher", "small baseline") and c.available()] + ["bm25"]
@@ -175,12 +175,12 @@ def train_cmd(
     if dry_run:
         typer.echo(_json.dumps(cfg.to_dict(), indent=2))
         return
-    from onmkd.train import train
+    from onmkd.training.train import train
 
     stem = config.stem if config else "default"
     out = out or Path("runs") / "train" / f"{stem}-{cfg.train.method}-seed{cfg.train.seed}"
     result = train(cfg, out, log=lambda msg: typer.echo(msg, err=True))
-    from onmkd.distributed import is_main
+    from onmkd.training.distributed import is_main
 
     if not is_main():  # under torchrun: rank 0 reports
         return
@@ -195,7 +195,7 @@ def diagnose_cmd(run_dir: Annotated[Path, typer.Argument(help="A training run di
     """Mutual-learning diagnostics of a run: KL between peers over training; per dev epoch each
     peer's score, the peers' score ensemble and their top-20 overlap."""
     from onmkd.errors import DataError
-    from onmkd.report import diagnostics, to_markdown
+    from onmkd.study.report import diagnostics, to_markdown
 
     if not (run_dir / "log.jsonl").exists():
         raise DataError(f"{run_dir}: not a training run directory (no log.jsonl)")
@@ -225,7 +225,7 @@ def sweep_cmd(
 
     Rerunning the same command resumes: finished trials are kept, a trial cut short is retried
     and resumes its training. Several workers may share one study through --storage."""
-    from onmkd.space import load_space
+    from onmkd.study.space import load_space
 
     sp = load_space(space)
     if check:
@@ -235,7 +235,7 @@ def sweep_cmd(
             rng = f"[{p.low}, {p.high}]{' log' if p.log else ''}" if p.kind != "categorical" else f"{list(p.choices)}"
             typer.echo(f"  {p.path}: {p.kind} {rng}" + (f" when {dict(p.when)}" if p.when else ""))
         return
-    from onmkd.sweep import sweep
+    from onmkd.study.sweep import sweep
 
     from onmkd.io import safe_join
 
@@ -255,7 +255,7 @@ def report_cmd(
     reference: Annotated[Optional[str], typer.Option(help="Label of the full method in the ablation table [default: the first OnMKD label].")] = None,
 ) -> None:
     """Tables (Markdown, LaTeX), a tidy CSV and figures (PNG, PDF) from finished runs."""
-    from onmkd.report import build_report
+    from onmkd.study.report import build_report
 
     command = "onmkd-bench report " + " ".join(str(d) for d in dirs) + f" --out {out}"
     build_report(dirs, out, command=command, reference=reference, log=lambda m: typer.echo(m, err=True))
@@ -275,7 +275,7 @@ def paper_cmd(
     finished_only: Annotated[bool, typer.Option(help="Train nothing: report the runs that have finished.")] = False,
 ) -> None:
     """Train and evaluate every run of the paper's tables (main, layers, ablations) and write the report."""
-    from onmkd.paper import load_plan, run_paper
+    from onmkd.study.paper import load_plan, run_paper
 
     p = load_plan(plan, set_ or [])
     command = " ".join(["onmkd-bench paper --plan", str(plan), "--out", str(out), "--report", str(report_dir)]
@@ -306,10 +306,10 @@ def profile_cmd(
     """Efficiency of a retriever: parameters, checkpoint and index bytes, query latency p50/p95/p99, corpus
     throughput, search latency, end-to-end QPS, peak memory, FLOPs and the fraction of the measured matmul peak."""
     from onmkd.data import load_dataset
-    from onmkd.index import IndexSpec
+    from onmkd.retrieval.index import IndexSpec
     from onmkd.io import write_json
-    from onmkd.profile import profile_retriever
-    from onmkd.report import to_markdown
+    from onmkd.study.profile import profile_retriever
+    from onmkd.study.report import to_markdown
 
     if model == "bm25":
         raise typer.BadParameter("profile measures dense encoders; bm25 has no encoder", param_hint="--model")
@@ -346,7 +346,7 @@ def encode_cmd(
     device: Annotated[str, typer.Option(help="auto (every CUDA device when present), cpu, cuda or cuda:N (torch backend).")] = "auto",
 ) -> None:
     """Encode a corpus into checksummed vector shards with several processes (or GPUs); resumable."""
-    from onmkd.shards import encode_shards
+    from onmkd.retrieval.shards import encode_shards
 
     manifest = encode_shards(model, dataset, out, shards=shards, workers=workers, batch_size=batch_size,
                              max_length=max_length, backend=backend, titles=titles, device=device,
@@ -377,9 +377,9 @@ def index_cmd(
     Row i of the index is the i-th passage id, also written beside the index (.ids.txt)."""
     import time
 
-    from onmkd.index import IndexSpec, save_index
+    from onmkd.retrieval.index import IndexSpec, save_index
     from onmkd.resources import human
-    from onmkd.shards import build_index_from_shards, write_ids
+    from onmkd.retrieval.shards import build_index_from_shards, write_ids
 
     spec = IndexSpec(kind=kind, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist,
                      pq_m=pq_m, pq_bits=pq_bits, nprobe=nprobe, train_size=train_size, device=device)

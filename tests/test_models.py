@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from onmkd.errors import ModelError
-from onmkd.models import REGISTRY, Encoder, checkpoint_params, resolve
+from onmkd.retrieval.models import REGISTRY, Encoder, checkpoint_params, resolve
 
 
 def test_per_layer_pooled_vectors(tiny_model_dir):

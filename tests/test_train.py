@@ -6,7 +6,7 @@ import torch
 from onmkd.config import load_config
 from onmkd.data import Dataset, Split
 from onmkd.errors import ConfigError
-from onmkd.train import Trainer, batches, build_examples, train
+from onmkd.training.train import Trainer, batches, build_examples, train
 
 PASSAGES = {
     "p1": ("France", "paris is the capital city of france"),
@@ -87,13 +87,13 @@ def test_student_loads_with_transformers_and_sentence_transformers(tiny_model_di
     from transformers import AutoModel
 
     from onmkd.data import passage_text
-    from onmkd.evaluate import EvalConfig, evaluate
+    from onmkd.retrieval.evaluate import EvalConfig, evaluate
 
     out = tmp_path / "run"
     result = train(config(tiny_model_dir), out, tiny_qa(), log=lambda m: None)
     assert AutoModel.from_pretrained(out / "student").config.num_hidden_layers == 2
     st = SentenceTransformer(str(out / "student"), device="cpu")
-    from onmkd.evaluate import load_retriever
+    from onmkd.retrieval.evaluate import load_retriever
 
     ours = load_retriever(str(out)).passage.encode(["paris is the capital"], max_length=32)
     assert np.abs(st.encode(["paris is the capital"]) - ours).max() < 1e-5
@@ -158,7 +158,7 @@ def test_baselines(method, tiny_model_dir, tmp_path):
 
 
 def test_untied_towers_and_random_init(tiny_model_dir, tmp_path):
-    from onmkd.evaluate import load_retriever
+    from onmkd.retrieval.evaluate import load_retriever
 
     cfg = config(tiny_model_dir, "train.epochs=1", "model.tied=false",
                  f'model.peer=[{{checkpoint="{tiny_model_dir}"}}, {{checkpoint="{tiny_model_dir}", random=true}}]')
@@ -187,7 +187,7 @@ def test_configs_that_need_the_checkpoint_fail_before_training(extra, message, t
 
 
 def test_dev_held_out_from_train_when_missing(tiny_model_dir):
-    from onmkd.train import hold_out_dev
+    from onmkd.training.train import hold_out_dev
 
     data = tiny_qa()
     del data.splits["dev"]

@@ -318,7 +318,7 @@ class Encoder(torch.nn.Module):
 
     def _fast_forward(self):
         """The fused CPU inference forward for this model, or ``None`` where it does not apply."""
-        from onmkd import fastpath
+        from onmkd.retrieval import fastpath
 
         if not fastpath.supported(self.model):
             return None
@@ -333,7 +333,7 @@ class Encoder(torch.nn.Module):
         """Pooled last-layer vectors ``[B, H]`` for inference (no gradients).
 
         In evaluation mode on the CPU, BERT models run the fused forward of
-        :mod:`onmkd.fastpath` (equal to :meth:`forward` within ~1e-6); otherwise :meth:`forward`.
+        :mod:`onmkd.retrieval.fastpath` (equal to :meth:`forward` within ~1e-6); otherwise :meth:`forward`.
         """
         fast = None if self.training else self._fast_forward()
         if fast is None:

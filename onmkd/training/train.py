@@ -2,7 +2,7 @@
 
 Every step, each peer scores the batch's questions against the same candidates (the batch's
 gold passages, then its hard negatives; in-batch negatives come for free) and all peers are
-updated together with ``L_nll + α·L_kl + β·L_cross`` (:func:`onmkd.losses.onmkd_total`).
+updated together with ``L_nll + α·L_kl + β·L_cross`` (:func:`onmkd.training.losses.onmkd_total`).
 Randomness comes from ``(seed, epoch)`` and the saved torch RNG, so a run killed mid-epoch and
 started again resumes from its last checkpoint to the same result.
 
@@ -32,14 +32,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onmkd import __version__, distributed, gradcache, losses
+from onmkd import __version__
+from onmkd.training import distributed, gradcache, losses
 from onmkd.config import RunConfig, from_dict
 from onmkd.data import Dataset, Split, load_dataset, passage_text
 from onmkd.errors import ConfigError, DataError, ModelError
-from onmkd.evaluate import EvalConfig, dense_run, encode_cached, primary_metric, score_run
+from onmkd.retrieval.evaluate import EvalConfig, dense_run, encode_cached, primary_metric, score_run
 from onmkd.io import atomic_path, write_json
-from onmkd.metrics import has_answer, rank
-from onmkd.peers import DualEncoder, build_peer
+from onmkd.retrieval.metrics import has_answer, rank
+from onmkd.training.peers import DualEncoder, build_peer
 from onmkd.runtime import resolve_device, tune_allocator
 
 MINED_POOL = 10  # hard negatives are drawn from each question's top-10 valid BM25 passages
@@ -90,7 +91,7 @@ def build_examples(data: Dataset, cfg: RunConfig) -> list[Example]:
     if cfg.data.hard_negatives and cfg.data.negatives == "given":
         pools = {q: list(split.hard_negatives.get(q, [])) for q in qids}
     elif cfg.data.hard_negatives:
-        from onmkd.bm25 import BM25
+        from onmkd.retrieval.bm25 import BM25
 
         pids = list(data.corpus)
         bm25 = BM25().index([passage_text(data.corpus[p], cfg.data.titles) for p in pids])
@@ -142,7 +143,7 @@ class Trainer:
     """Holds the peers, the optimiser and the run directory; ``run()`` trains to the end."""
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=print, on_epoch=None):
-        # Under torchrun (onmkd.distributed) every rank builds the same trainer; rank 0 alone
+        # Under torchrun (onmkd.training.distributed) every rank builds the same trainer; rank 0 alone
         # logs and writes, and each rank encodes its shard of every batch.
         self.world = distributed.world_size()
         self.rank = distributed.rank() if self.world > 1 else 0
@@ -202,7 +203,7 @@ class Trainer:
 
     def _teacher_vectors(self):
         """The teacher's question and passage vectors, encoded once and cached by fingerprint."""
-        from onmkd.models import Encoder
+        from onmkd.retrieval.models import Encoder
 
         try:
             teacher = Encoder.load(self.cfg.loss.teacher)
@@ -319,7 +320,7 @@ class Trainer:
         """Zero the gradients, then accumulate the step's loss gradients into every peer; returns the logs.
 
         With ``train.grad_cache_chunk`` the vectors are computed and back-propagated sub-batch by
-        sub-batch (:func:`onmkd.gradcache.cached_backward`), in the same tower order as the plain
+        sub-batch (:func:`onmkd.training.gradcache.cached_backward`), in the same tower order as the plain
         path (peer 0 questions, peer 0 passages, peer 1 questions, …), so the random stream
         after the step is the same either way.
         """
@@ -355,7 +356,7 @@ class Trainer:
         questions and of the candidates with every peer, the vectors are gathered from all ranks
         (this rank's slice keeping its graph), the *whole* batch's loss is computed here as in one
         process, and after ``backward()`` the gradients are summed over ranks: every rank then
-        holds the single process's gradient of the global batch (see :mod:`onmkd.distributed`).
+        holds the single process's gradient of the global batch (see :mod:`onmkd.training.distributed`).
         Tower order is the plain path's. Sub-batches: GradCache's ``train.grad_cache_chunk`` texts
         (a memory bound, per rank), else all of the rank's questions at once and its passages in
         chunks of ``data.length_chunk / W``, so that the ranks' chunks together are as many, and
@@ -567,7 +568,7 @@ def train(cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=
     ``on_epoch(epoch, dev_row)`` is called after every dev evaluation (the sweep reports to
     Optuna and prunes there); the run directory is locked while training.
 
-    Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group (:mod:`onmkd.distributed`)
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group (:mod:`onmkd.training.distributed`)
     and trains data-parallel; rank 0 alone logs, locks and writes the run directory, and every
     rank returns the same metrics.
     """

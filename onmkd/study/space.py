@@ -43,6 +43,8 @@ PARAM_KEYS = {"float": {"type", "low", "high", "log", "step", "when"},
 COST_OBJECTIVES = ("query_ms_p50", "params_m", "checkpoint_mb")
 METRIC_RE = re.compile(r"^(acc|recall)@\d+$|^(mrr|ndcg)@\d+$")
 METHODS_FINAL = ("dpr", "kd", "dml")
+# The bundled search spaces are package data of ``onmkd`` (pyproject: "onmkd" = ["spaces/*.toml"]).
+DEFAULT_SPACE = Path(__file__).parent.parent / "spaces" / "default.toml"
 
 
 @dataclass(frozen=True)
@@ -279,7 +281,7 @@ def _param(path: str, raw: Any, where: str) -> Param:
 
 def load_space(path: str | Path | None = None) -> Space:
     """Read and check a search space (the bundled default when ``path`` is None)."""
-    p = Path(path) if path is not None else Path(__file__).parent / "spaces" / "default.toml"
+    p = Path(path) if path is not None else DEFAULT_SPACE
     text, raw = read_toml(p, "search-space")
     src = str(p)
     _check_keys(raw, SECTIONS, src)
@@ -354,7 +356,7 @@ def _validated(tree: dict, where: str) -> RunConfig:
         cfg = from_dict(copy.deepcopy(tree))
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    from onmkd.models import REGISTRY
+    from onmkd.retrieval.models import REGISTRY
 
     for k, init in enumerate(cfg.peer_inits()):
         ck = REGISTRY.get(init.checkpoint)

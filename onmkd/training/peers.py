@@ -16,7 +16,7 @@ import torch
 from onmkd.config import PeerInit
 from onmkd.errors import ConfigError, ModelError
 from onmkd.io import write_json
-from onmkd.models import Encoder, remote_code_allowed, resolve
+from onmkd.retrieval.models import Encoder, remote_code_allowed, resolve
 
 
 def select_layers(rule: str, n: int, depth: int, explicit: tuple[int, ...] = ()) -> list[int]:

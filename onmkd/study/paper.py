@@ -162,10 +162,10 @@ def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, ta
     ``finished_only``: train nothing; report the runs that have finished their test evaluation.
     """
     from onmkd.data import load_dataset
-    from onmkd.models import REGISTRY
-    from onmkd.space import config_hash
-    from onmkd.sweep import test_evaluate
-    from onmkd.train import hold_out_dev, train
+    from onmkd.retrieval.models import REGISTRY
+    from onmkd.study.space import config_hash
+    from onmkd.study.sweep import test_evaluate
+    from onmkd.training.train import hold_out_dev, train
 
     import os
 
@@ -214,7 +214,7 @@ def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, ta
     write_json(out / "manifest.json", {"kind": "paper", "plan": plan.source, "split": plan.split,
                                        "seeds": sorted({r["seed"] for r in rows if r.get("seed") is not None}),
                                        "reference": FULL, "selection": "dev", "runs": rows})
-    from onmkd.report import build_report
+    from onmkd.study.report import build_report
 
     build_report([out], report_dir or out / "report", command=command, log=log)
     return out

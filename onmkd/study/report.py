@@ -356,7 +356,7 @@ def build_report(dirs, out, *, command: str = "", reference: str | None = None, 
     """
     from pathlib import Path
 
-    from onmkd import figures
+    from onmkd.study import figures
     from onmkd.io import write_text
 
     out = Path(out)

@@ -38,7 +38,7 @@ from typing import Any, Callable
 from onmkd.config import PeerInit, RunConfig
 from onmkd.errors import ConfigError
 from onmkd.io import safe_name, write_json, write_text
-from onmkd.space import Space, config_hash
+from onmkd.study.space import Space, config_hash
 
 MANIFEST = "manifest.json"
 
@@ -299,7 +299,7 @@ class Objective:
 
     def __call__(self, trial) -> float | tuple[float, ...]:
         optuna = _optuna()
-        from onmkd.train import train
+        from onmkd.training.train import train
 
         trial.set_user_attr("worker", _worker())
         trial.set_user_attr("interrupted", False)  # a retried trial inherits its original's attributes
@@ -353,8 +353,8 @@ def _short(v: Any) -> str:
 
 def measure_student(run: Path, data, cfg: RunConfig, n: int) -> dict:
     """Parameters, checkpoint size and batch-1 query latency of a run's student on dev questions."""
-    from onmkd.evaluate import load_retriever
-    from onmkd.profile import efficiency
+    from onmkd.retrieval.evaluate import load_retriever
+    from onmkd.study.profile import efficiency
 
     dual = load_retriever(str(run))
     split = data.split(cfg.data.dev_split)
@@ -470,8 +470,8 @@ def test_evaluate(model: str, out: Path, data, cfg: RunConfig, split: str, laten
     ``remeasure``: keep the retrieval metrics of a finished evaluation but measure its efficiency
     (size, latency) again, e.g. on a quiet machine after runs that shared it.
     """
-    from onmkd.evaluate import EvalConfig, evaluate, load_retriever
-    from onmkd.profile import efficiency
+    from onmkd.retrieval.evaluate import EvalConfig, evaluate, load_retriever
+    from onmkd.study.profile import efficiency
 
     path = out / "metrics.json"
     if path.exists():
@@ -497,9 +497,9 @@ def test_evaluate(model: str, out: Path, data, cfg: RunConfig, split: str, laten
 
 def final_step(space: Space, study, study_dir: Path, data, log=print) -> list[dict]:
     """Train the chosen configs with the final seeds beside same-depth baselines; evaluate all on test."""
-    from onmkd.models import REGISTRY
-    from onmkd.peers import DualEncoder, build_peer
-    from onmkd.train import train
+    from onmkd.retrieval.models import REGISTRY
+    from onmkd.training.peers import DualEncoder, build_peer
+    from onmkd.training.train import train
 
     f, n_lat = space.final, space.study.latency_queries
     chosen = best_trials(study, space)
@@ -570,7 +570,7 @@ def sweep(space: Space, study_dir: Path, *, storage: str | None = None, n_trials
     if final and space.final.split in (cfg0.data.dev_split, cfg0.data.train_split):
         raise ConfigError(f"final.split: {space.final.split!r} is also the train or dev split; the final step needs unseen questions")
     data = load_dataset(cfg0.data.dataset)
-    from onmkd.train import hold_out_dev
+    from onmkd.training.train import hold_out_dev
 
     data = hold_out_dev(data, cfg0)
     data.split(cfg0.data.dev_split)
@@ -592,7 +592,7 @@ def sweep(space: Space, study_dir: Path, *, storage: str | None = None, n_trials
             else:
                 log(f"final step skipped: the data set has no {space.final.split!r} split")
     if report:
-        from onmkd.report import build_report
+        from onmkd.study.report import build_report
 
         build_report([study_dir], study_dir / "report", log=log)
     return study_dir
