@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from onmkd.errors import ConfigError
-
-METHODS = ("onmkd", "dml", "dpr", "kd")
+from onmkd.training.methods import METHODS, check_peers, methods_help
 LAYER_RULES = ("first", "last", "even", "list")
 
 
@@ -84,7 +83,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str = _f("onmkd", "onmkd, dml (onmkd without the cross-wise term), dpr (NLL alone, one student) or kd (offline distillation from loss.teacher)")
+    method: str = _f("onmkd", methods_help())
     seed: int = _f(0, "seed of data order, hard-negative sampling and initialisation")
     epochs: int = _f(1, "passes over the training questions")
     batch_size: int = _f(32, "questions per step")
@@ -286,10 +285,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.device: {t.device!r} is not auto, cpu, cuda or cuda:N")
     if t.select not in ("best",):
         raise ConfigError(f"train.select: {t.select!r} is not one of best")
-    if t.method in ("onmkd", "dml") and m.peers < 2:
-        raise ConfigError(f"model.peers: {t.method} needs at least 2 peers, got {m.peers} (use train.method = 'dpr' for one student)")
-    if t.method in ("dpr", "kd") and m.peers != 1:
-        raise ConfigError(f"model.peers: {t.method} trains one student; set model.peers = 1 (got {m.peers})")
+    problem = check_peers(t.method, m.peers)
+    if problem:
+        raise ConfigError(f"model.peers: {problem}")
     if not m.peer:
         raise ConfigError("model.peer: at least one [[model.peer]] table is needed")
     if len(m.peer) not in (1,) and len(m.peer) < m.peers:
