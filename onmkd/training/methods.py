@@ -46,6 +46,16 @@ def methods_help() -> str:
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 
+def method_role(method: str) -> str:
+    """A trained run's role in a report: ``onmkd`` for the method under study, else a same-depth baseline."""
+    return METHODS[method].role if method in METHODS else "same-depth baseline"
+
+
+def method_label(method: str) -> str:
+    """The method's name in tables and figures ("OnMKD", "DPR", ...); an unknown one as it is."""
+    return METHODS[method].label if method in METHODS else method
+
+
 def loss_weights(cfg: RunConfig) -> tuple[float, float]:
     """``(α, β)`` that ``cfg``'s method trains with: the config's weights of the terms the method
     has, 0.0 for the others (so a dml or dpr config's ``loss.beta`` is never read)."""
