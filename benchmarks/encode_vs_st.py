@@ -58,7 +58,8 @@ def build(which: str, tmp: Path):
     if which == "teacher":
         return "minilm-l6 (6 x 384)", Encoder.load("minilm-l6").eval(), resolve("minilm-l6")
     from onmkd.config import PeerInit
-    from onmkd.training.peers import build_peer, save_encoder
+    from onmkd.retrieval.dual import save_encoder
+    from onmkd.training.peers import build_peer
 
     enc, keep = build_peer(PeerInit(), layers=2, pooling="mean", normalize=True, seed=0, field="x")
     enc.eval()

@@ -54,7 +54,8 @@ def main() -> int:
     from onmkd.data import load_dataset
     from onmkd.retrieval.evaluate import EvalConfig, evaluate
     from onmkd.io import write_json, write_text
-    from onmkd.training.peers import DualEncoder, build_peer
+    from onmkd.retrieval.dual import DualEncoder
+    from onmkd.training.peers import build_peer
     from onmkd.training.train import train
 
     data = load_dataset("squad")

@@ -22,6 +22,13 @@ app.add_typer(models_app, name="models")
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Data set spec: squad, nq-qed, a BEIR folder, dpr:…, dpr-qa:…, hf:… (see `data info --help`).")]
 QrelsOpt = Annotated[str, typer.Option("--unknown-qrels", help="qrels that name a passage or question the data set lacks: fail (an error naming file and line) or skip (dropped, one warning).")]
+# Options that several commands share, declared once.
+QMaxLenOpt = Annotated[int, typer.Option(help="Question tokens kept.")]
+PMaxLenOpt = Annotated[int, typer.Option(help="Passage tokens kept.")]
+BatchSizeOpt = Annotated[int, typer.Option(help="Encoding batch size.")]
+IndexOpt = Annotated[str, typer.Option(help="faiss index: flat (exact), hnsw, ivfpq.")]
+BackendOpt = Annotated[str, typer.Option(help="Inference backend: torch (fp32), int8, onnx, onnx-int8 (the last three on the CPU).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N (torch backend).")]
 
 
 def _errors(fn):
@@ -53,6 +60,31 @@ def _main(
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name if os.sep in text else text).strip("_") or "x"
+
+
+def invocation(ctx: typer.Context, leave_out: tuple[str, ...] = ()) -> str:
+    """The command line that reruns this command, recorded in what it writes: ``onmkd-bench NAME``,
+    then its arguments and options in the order the command declares them, each as given or
+    defaulted (a flag only when set, a list option once per value, an unset optional one left out).
+    ``leave_out``: parameters that do not change the result (e.g. where a file is written)."""
+    words = ["onmkd-bench", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in leave_out or value is None:
+            continue
+        if param.param_type_name == "argument":
+            words += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+        elif param.is_flag and param.secondary_opts:  # --x/--no-x
+            if value != param.default:
+                words.append(param.opts[0] if value else param.secondary_opts[0])
+        elif param.is_flag:
+            if value:
+                words.append(param.opts[0])
+        else:
+            name = next(o for o in param.opts if o.startswith("--"))
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                words += [name, str(v)]
+    return " ".join(words)
 
 
 @data_app.command("info")
@@ -99,16 +131,16 @@ def evaluate_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="Registry name, local folder, hub id, or bm25.")],
     dataset: DatasetOpt = "squad",
     split: Annotated[str, typer.Option(help="Split whose questions are searched.")] = "test",
-    q_max_len: Annotated[int, typer.Option(help="Question tokens kept.")] = 64,
-    p_max_len: Annotated[int, typer.Option(help="Passage tokens kept.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+    q_max_len: QMaxLenOpt = 64,
+    p_max_len: PMaxLenOpt = 256,
+    batch_size: BatchSizeOpt = 64,
     top_k: Annotated[int, typer.Option(help="Passages retrieved per question.")] = 100,
-    index: Annotated[str, typer.Option(help="faiss index: flat (exact), hnsw, ivfpq.")] = "flat",
+    index: IndexOpt = "flat",
     out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/evaluate/MODEL__DATASET__SPLIT].")] = None,
     titles: Annotated[bool, typer.Option(help="Index passages as 'title text' (BEIR, DPR); --no-titles: text alone.")] = True,
     cache: Annotated[bool, typer.Option(help="Reuse encoded corpora from the cache.")] = True,
-    device: Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N.")] = "auto",
-    backend: Annotated[str, typer.Option(help="Inference backend: torch (fp32), int8, onnx, onnx-int8 (the last three on the CPU).")] = "torch",
+    device: DeviceOpt = "auto",
+    backend: BackendOpt = "torch",
     unknown_qrels: QrelsOpt = "fail",
 ) -> None:
     """Evaluate a retriever on one split: accuracy, recall, MRR, nDCG; writes config, metrics and a TREC run."""
@@ -250,6 +282,7 @@ def sweep_cmd(
 @app.command("report")
 @_errors
 def report_cmd(
+    ctx: typer.Context,
     dirs: Annotated[list[Path], typer.Argument(help="Study, paper, training or evaluation directories (searched below).")],
     out: Annotated[Path, typer.Option(help="Folder for the CSV, tables and figures.")] = Path("reports"),
     reference: Annotated[Optional[str], typer.Option(help="Label of the full method in the ablation table [default: the first OnMKD label].")] = None,
@@ -257,14 +290,14 @@ def report_cmd(
     """Tables (Markdown, LaTeX), a tidy CSV and figures (PNG, PDF) from finished runs."""
     from onmkd.study.report import build_report
 
-    command = "onmkd-bench report " + " ".join(str(d) for d in dirs) + f" --out {out}"
-    build_report(dirs, out, command=command, reference=reference, log=lambda m: typer.echo(m, err=True))
+    build_report(dirs, out, command=invocation(ctx), reference=reference, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"report: {out / 'README.md'}")
 
 
 @app.command("paper")
 @_errors
 def paper_cmd(
+    ctx: typer.Context,
     plan: Annotated[Path, typer.Option("--plan", "-p", help="Plan of the paper's tables.")] = Path("experiments/paper.toml"),
     out: Annotated[Path, typer.Option(help="Folder of the runs and the manifest (rerunning resumes).")] = Path("runs/paper"),
     report_dir: Annotated[Path, typer.Option("--report", help="Folder for the report.")] = Path("reports/paper"),
@@ -278,29 +311,27 @@ def paper_cmd(
     from onmkd.study.paper import load_plan, run_paper
 
     p = load_plan(plan, set_ or [])
-    command = " ".join(["onmkd-bench paper --plan", str(plan), "--out", str(out), "--report", str(report_dir)]
-                       + [f"--seed {s}" for s in seeds or []] + [f"--table {t}" for t in table or []]
-                       + [f"--set {x}" for x in set_ or []] + (["--remeasure"] if remeasure else []) + (["--finished-only"] if finished_only else []))
     run_paper(p, out, seeds=tuple(seeds) if seeds else None, tables=tuple(table or ()), report_dir=report_dir,
-              command=command, remeasure=remeasure, finished_only=finished_only, log=lambda m: typer.echo(m, err=True))
+              command=invocation(ctx), remeasure=remeasure, finished_only=finished_only, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"report: {report_dir / 'README.md'}")
 
 
 @app.command("profile")
 @_errors
 def profile_cmd(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Registry name, checkpoint folder or training run directory.")],
     dataset: DatasetOpt = "squad",
     split: Annotated[str, typer.Option(help="Split whose questions give the latencies.")] = "test",
-    backend: Annotated[str, typer.Option(help="Inference backend: torch (fp32), int8, onnx, onnx-int8 (the last three on the CPU).")] = "torch",
-    q_max_len: Annotated[int, typer.Option(help="Question tokens kept.")] = 64,
-    p_max_len: Annotated[int, typer.Option(help="Passage tokens kept.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
-    index: Annotated[str, typer.Option(help="faiss index: flat (exact), hnsw, ivfpq.")] = "flat",
+    backend: BackendOpt = "torch",
+    q_max_len: QMaxLenOpt = 64,
+    p_max_len: PMaxLenOpt = 256,
+    batch_size: BatchSizeOpt = 64,
+    index: IndexOpt = "flat",
     n_latency: Annotated[int, typer.Option(help="Questions timed one at a time (after 20 not timed).")] = 200,
     query_threads: Annotated[int, typer.Option(help="Intra-op threads for the one-question timings (0: all, as corpus encoding).")] = 1,
+    device: DeviceOpt = "auto",
     max_passages: Annotated[Optional[int], typer.Option(help="Encode only the first N passages [default: all].")] = None,
-    device: Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N (torch backend).")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="JSON file [default: runs/profile/MODEL__DATASET[__BACKEND].json].")] = None,
 ) -> None:
     """Efficiency of a retriever: parameters, checkpoint and index bytes, query latency p50/p95/p99, corpus
@@ -317,11 +348,7 @@ def profile_cmd(
     result = profile_retriever(model, data, split, q_max_len=q_max_len, p_max_len=p_max_len, batch_size=batch_size,
                                index=IndexSpec(kind=index), backend=backend, n_latency=n_latency, device=device,
                                max_passages=max_passages, query_threads=query_threads or None)
-    command = (f"onmkd-bench profile --model {model} --dataset {dataset} --split {split} --backend {backend} "
-               f"--q-max-len {q_max_len} --p-max-len {p_max_len} --batch-size {batch_size} --index {index} "
-               f"--n-latency {n_latency} --query-threads {query_threads} --device {device}"
-               + (f" --max-passages {max_passages}" if max_passages else ""))
-    result = {"command": command, "dataset": dataset, **result}
+    result = {"command": invocation(ctx, leave_out=("out",)), "dataset": dataset, **result}
     out = out or Path("runs") / "profile" / f"{_slug(model)}__{_slug(dataset)}{'' if backend == 'torch' else '__' + _slug(backend)}.json"
     write_json(out, result)
     rows = [{"figure": k, "value": (f"{v:.4g}" if isinstance(v, float) else v)} for k, v in result.items()
@@ -339,10 +366,10 @@ def encode_cmd(
     dataset: DatasetOpt = "squad",
     shards: Annotated[int, typer.Option(help="Consecutive pieces of the corpus, each written as shard-NNNNN.npy + .ids.txt.")] = 1,
     workers: Annotated[int, typer.Option(help="Worker processes on the CPU (each gets cores/workers threads); with CUDA, one per device instead.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+    batch_size: BatchSizeOpt = 64,
     max_length: Annotated[int, typer.Option(help="Passage tokens kept.")] = 256,
     titles: Annotated[bool, typer.Option(help="Encode passages as 'title text'; --no-titles: text alone.")] = True,
-    backend: Annotated[str, typer.Option(help="Inference backend: torch (fp32), int8, onnx, onnx-int8 (the last three on the CPU).")] = "torch",
+    backend: BackendOpt = "torch",
     device: Annotated[str, typer.Option(help="auto (every CUDA device when present), cpu, cuda or cuda:N (torch backend).")] = "auto",
 ) -> None:
     """Encode a corpus into checksummed vector shards with several processes (or GPUs); resumable."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from onmkd.errors import ConfigError
+from onmkd.io import parse_text
 from onmkd.training.methods import METHODS, check_peers, methods_help
 LAYER_RULES = ("first", "last", "even", "list")
 
@@ -213,14 +214,7 @@ def read_toml(path: str | Path, what: str) -> tuple[str, dict[str, Any]]:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise ConfigError(f"{p}:{line}: not UTF-8 text (byte {e.start})") from None
-    try:
-        return text, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: {e}") from None
-    except RecursionError:
-        raise ConfigError(f"{p}: invalid TOML (nested too deeply)") from None
-    except ValueError as e:  # a number beyond int's digit limit
-        raise ConfigError(f"{p}: invalid TOML ({str(e).split(':', 1)[0]})") from None
+    return text, parse_text(tomllib.loads, text, str(p), ConfigError)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -98,7 +98,7 @@ def test_profile_command_refuses_a_bad_backend(tiny_model_dir, tiny_beir, tmp_pa
 
 
 def test_efficiency_and_latency_still_work_for_the_sweep(tiny_model_dir):
-    from onmkd.training.peers import DualEncoder
+    from onmkd.retrieval.dual import DualEncoder
     from onmkd.study.profile import efficiency
 
     dual = DualEncoder(Encoder.load(str(tiny_model_dir))).train()

@@ -325,7 +325,7 @@ def test_disk_checks_before_large_writes(tiny_model_dir, tiny_beir, tmp_path, mo
     from onmkd.data import load_dataset
     from onmkd.retrieval.evaluate import EvalConfig, evaluate
     from onmkd.retrieval.models import Encoder
-    from onmkd.training.peers import DualEncoder
+    from onmkd.retrieval.dual import DualEncoder
 
     monkeypatch.setenv("ONMKD_CACHE", str(tmp_path / "cache"))
     enc = Encoder.load(str(tiny_model_dir))
@@ -346,7 +346,7 @@ def test_disk_checks_before_large_writes(tiny_model_dir, tiny_beir, tmp_path, mo
 def test_disk_check_before_extracting_an_archive(tmp_path, monkeypatch):
     import zipfile
 
-    from onmkd.convert import extract_zip_safely
+    from onmkd.retrieval.mpnet import extract_zip_safely
 
     archive = tmp_path / "a.zip"
     with zipfile.ZipFile(archive, "w") as zf:

@@ -119,7 +119,7 @@ def encode_corpus(encoder, pids: list[str], texts: list[str], cfg: EvalConfig) -
 
 def load_retriever(model: str):
     """A :class:`~onmkd.training.peers.DualEncoder` for a registry name, checkpoint folder or training run directory."""
-    from onmkd.training.peers import DualEncoder
+    from onmkd.retrieval.dual import DualEncoder
 
     path = Path(model)
     if (path / "student").is_dir():  # a training run: its selected student

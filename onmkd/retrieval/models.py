@@ -34,13 +34,13 @@ def _package_dir(module: str, sub: str) -> Path | None:
 
 
 def _minilm_l3() -> Path:
-    from onmkd.convert import ensure_minilm_l3
+    from onmkd.retrieval.onnx_bert import ensure_minilm_l3
 
     return ensure_minilm_l3()
 
 
 def _mpnet_base() -> Path:
-    from onmkd.convert import ensure_mpnet_base
+    from onmkd.retrieval.mpnet import ensure_mpnet_base
 
     return ensure_mpnet_base()
 
@@ -438,7 +438,7 @@ def install(name: str) -> Path:
     ckpt = REGISTRY[name]
     if not ckpt.available():
         if name == "mpnet-base":
-            from onmkd.convert import install_mpnet_parts
+            from onmkd.retrieval.mpnet import install_mpnet_parts
 
             install_mpnet_parts()
         else:

@@ -503,7 +503,8 @@ def _final_runs(space: Space, cfg: RunConfig, tag: str, trial: int, study_dir: P
 def _untrained_reference(space: Space, cfg: RunConfig, tag: str, study_dir: Path, data) -> dict:
     """The untrained truncation of the config's first peer, evaluated as a reference point."""
     from onmkd.study.runs import evaluate_folder
-    from onmkd.training.peers import DualEncoder, build_peer
+    from onmkd.retrieval.dual import DualEncoder
+    from onmkd.training.peers import build_peer
 
     init, n = cfg.peer_inits()[0], cfg.model.layers
     out = study_dir / "baselines" / f"untrained-{config_hash(cfg)}"

@@ -41,7 +41,8 @@ from onmkd.errors import ConfigError, DataError, ModelError
 from onmkd.retrieval.evaluate import EvalConfig, dense_run, encode_cached, primary_metric, score_run
 from onmkd.io import atomic_path, write_json
 from onmkd.retrieval.metrics import has_answer, rank
-from onmkd.training.peers import DualEncoder, build_peer
+from onmkd.retrieval.dual import DualEncoder
+from onmkd.training.peers import build_peer
 from onmkd.runtime import resolve_device, tune_allocator
 
 MINED_POOL = 10  # hard negatives are drawn from each question's top-10 valid BM25 passages
