@@ -138,14 +138,6 @@ def _timed_encode(encoder, texts: Sequence[str], *, max_length: int, batch_size:
     return vecs, time.perf_counter() - t0, time.process_time() - c0
 
 
-def corpus_throughput(encoder, texts: Sequence[str], *, max_length: int, batch_size: int = 64) -> dict[str, float]:
-    """Passages per second (and real, non-padding tokens per second) encoding ``texts``."""
-    lengths = token_lengths(encoder, texts, max_length)
-    _, seconds, _ = _timed_encode(encoder, texts, max_length=max_length, batch_size=batch_size)
-    return {"passages_per_s": len(texts) / seconds, "tokens_per_s": float(lengths.sum()) / seconds,
-            "mean_passage_tokens": float(np.mean(lengths)), "encode_s": seconds}
-
-
 def efficiency(dual, questions: Sequence[str], *, q_max_len: int = 64, n_latency: int = 200,
                query_threads: int | None = 1) -> dict[str, float]:
     """Size and query latency of a dual encoder: the sweep's and the report's efficiency columns.

@@ -40,6 +40,7 @@ from onmkd.io import write_json, write_text
 from onmkd.study.runs import test_evaluate  # noqa: F401 - importable from here as before
 from onmkd.study.space import Space, config_hash
 from onmkd.training.methods import METHODS, as_method
+from onmkd.training.methods import as_method as baseline_config  # noqa: F401 - its name here before methods.py
 
 MANIFEST = "manifest.json"
 
