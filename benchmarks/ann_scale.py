@@ -132,7 +132,7 @@ def _data_text(args) -> str:
 def _set_search(index, kind: str, value: int) -> None:
     import faiss
 
-    from onmkd.index import ShardedIndex
+    from onmkd.retrieval.index import ShardedIndex
 
     for part in index.shards if isinstance(index, ShardedIndex) else [index]:
         if kind == "ivfpq":
@@ -144,7 +144,7 @@ def _set_search(index, kind: str, value: int) -> None:
 def child(cfg: dict) -> dict:
     import faiss
 
-    from onmkd.index import IndexSpec, build_index, build_sharded_index, index_bytes, search
+    from onmkd.retrieval.index import IndexSpec, build_index, build_sharded_index, index_bytes, search
 
     if cfg["threads"]:
         faiss.omp_set_num_threads(cfg["threads"])

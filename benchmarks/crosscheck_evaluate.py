@@ -63,7 +63,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from onmkd.data import load_dataset, passage_text
-    from onmkd.metrics import read_trec_run
+    from onmkd.retrieval.metrics import read_trec_run
 
     data = load_dataset(args.dataset)
     split = data.split(args.split)
@@ -82,7 +82,7 @@ def main() -> int:
     # 2. An independent dense pipeline from the texts.
     from sentence_transformers import SentenceTransformer
 
-    from onmkd.models import resolve
+    from onmkd.retrieval.models import resolve
 
     st = SentenceTransformer(resolve(args.model), device="cpu")
     st.max_seq_length = 256

@@ -5,7 +5,7 @@ CPU cores with gloo:
 
 - ``single``: one process, 2 threads (the baseline: the whole machine, no messages), and
   ``single_1thread``, the same on one thread (what each rank has);
-- ``replicated`` (what ``onmkd.distributed`` does): 2 ranks of one thread each; every
+- ``replicated`` (what ``onmkd.training.distributed`` does): 2 ranks of one thread each; every
   rank holds both peers, encodes its shard of the batch with both, the vectors are gathered and
   the gradients all-reduced;
 - ``per_peer`` (the alternative): 2 ranks of one thread, rank k holds peer k alone and encodes
@@ -85,9 +85,9 @@ def _rank(rank: int, world: int, port: int, args, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from onmkd import distributed
+    from onmkd.training import distributed
     from onmkd.data import load_dataset
-    from onmkd.train import Trainer, batches
+    from onmkd.training.train import Trainer, batches
 
     distributed.setup("cpu")
     try:

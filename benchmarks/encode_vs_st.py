@@ -7,7 +7,7 @@ The passages are cut into strided chunks (each with the corpus's mix of lengths)
 each encoder encodes each chunk, the order rotating per chunk, so that the shared machine's
 changing load hits all encoders alike; round totals give medians and ratios to
 sentence-transformers. Then acc@20 on the SQuAD test split for every backend
-(``onmkd.evaluate.evaluate``, encoded-corpus cache keyed by backend), and, for fp32, the analytic
+(``onmkd.retrieval.evaluate.evaluate``, encoded-corpus cache keyed by backend), and, for fp32, the analytic
 FLOPs of the real tokens per second against the fp32 matrix-multiply peak measured in the same
 run (before and after every round; the highest is used), by the wall clock and by CPU time.
 Models: the 6-layer teacher (minilm-l6) and a 2-layer student (its first two layers).
@@ -53,12 +53,13 @@ def cpu_name() -> str:
 
 def build(which: str, tmp: Path):
     """(name, onmkd Encoder, sentence-transformers folder) of the teacher or the 2-layer student."""
-    from onmkd.models import Encoder, resolve
+    from onmkd.retrieval.models import Encoder, resolve
 
     if which == "teacher":
         return "minilm-l6 (6 x 384)", Encoder.load("minilm-l6").eval(), resolve("minilm-l6")
     from onmkd.config import PeerInit
-    from onmkd.peers import build_peer, save_encoder
+    from onmkd.retrieval.dual import save_encoder
+    from onmkd.training.peers import build_peer
 
     enc, keep = build_peer(PeerInit(), layers=2, pooling="mean", normalize=True, seed=0, field="x")
     enc.eval()
@@ -69,7 +70,7 @@ def build(which: str, tmp: Path):
 
 def sustained_gemm_gflops(seconds: float, hidden: int, intermediate: int) -> float:
     """fp32 GFLOP/s of back-to-back encoder-shaped GEMMs (MKL and oneDNN, 8,192 tokens) for ``seconds``."""
-    from onmkd.fastpath import _mkldnn_linear_ok
+    from onmkd.retrieval.fastpath import _mkldnn_linear_ok
 
     g = torch.Generator().manual_seed(0)
     work = []
@@ -146,11 +147,11 @@ def main() -> int:
 
     from sentence_transformers import SentenceTransformer
 
-    from onmkd.backends import BackendDual, has_vnni, with_backend
+    from onmkd.retrieval.backends import BackendDual, has_vnni, with_backend
     from onmkd.data import load_dataset, passage_text
-    from onmkd.evaluate import EvalConfig, evaluate
+    from onmkd.retrieval.evaluate import EvalConfig, evaluate
     from onmkd.io import write_json, write_text
-    from onmkd.profile import encoder_flops, matmul_peak_gflops, token_lengths
+    from onmkd.study.profile import encoder_flops, matmul_peak_gflops, token_lengths
 
     data = load_dataset("squad")
     texts = [passage_text(d, True) for d in data.corpus.values()]
@@ -281,9 +282,9 @@ def markdown(result: dict) -> str:
              "- **Ratio** = sentence-transformers seconds / onmkd seconds (above 1: onmkd faster): of the median round "
              "totals, and the median of the paired per-chunk ratios; the goals use the lower of the two.",
              "- **CPU use** = process CPU seconds / (wall seconds x threads): below 1, other processes held the cores.",
-             "- **GFLOP/s** count the real (non-padding) tokens' matrix-multiply FLOPs (`onmkd.profile.encoder_flops`). "
+             "- **GFLOP/s** count the real (non-padding) tokens' matrix-multiply FLOPs (`onmkd.study.profile.encoder_flops`). "
              "**Of peak**: against the best fp32 GEMM rate measured in this run before and after every round "
-             "(`onmkd.profile.matmul_peak_gflops`), wall clock. **Of peak, CPU time**: both rates per core-second our "
+             "(`onmkd.study.profile.matmul_peak_gflops`), wall clock. **Of peak, CPU time**: both rates per core-second our "
              "threads actually ran (CPU seconds / threads), which other jobs on the machine do not lower. "
              "**Of GEMM, paired**: after each chunk, plain encoder-shaped GEMMs run for as long as the fp32 encoder "
              "took on that chunk; the median over chunks of (encoder rate on the chunk / that GEMM rate) compares the "
@@ -310,7 +311,7 @@ def markdown(result: dict) -> str:
                          f"{r['achieved_gflops']:.1f} | {frac} | {frac_cpu} | {paired} | {r['cosine_to_st_min']:.4f} |")
         acc = t.get("accuracy_squad_test")
         if acc:
-            lines += ["", "SQuAD test (1,975 questions, all 2,067 passages), `onmkd.evaluate.evaluate` per backend:", "",
+            lines += ["", "SQuAD test (1,975 questions, all 2,067 passages), `onmkd.retrieval.evaluate.evaluate` per backend:", "",
                       "| backend | acc@5 | acc@20 | acc@100 | acc@20 drop (points) |", "|---|---:|---:|---:|---:|"]
             for b, a in acc.items():
                 lines.append(f"| {b} | {a['acc@5']:.4f} | {a['acc@20']:.4f} | {a['acc@100']:.4f} | {a['acc@20_drop_points']:+.2f} |")

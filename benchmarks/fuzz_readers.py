@@ -64,8 +64,8 @@ from onmkd.data.squad import BUNDLED as SQUAD_BUNDLED  # noqa: E402
 from onmkd.data.squad import load_squad  # noqa: E402
 from onmkd.errors import OnmkdError  # noqa: E402
 from onmkd.io import write_text  # noqa: E402
-from onmkd.paper import load_plan  # noqa: E402
-from onmkd.space import load_space  # noqa: E402
+from onmkd.study.paper import load_plan  # noqa: E402
+from onmkd.study.space import load_space  # noqa: E402
 
 SCIFACT = Path("/work/shared/data/scifact-beir")
 LINE_CAP = 64 * 1024

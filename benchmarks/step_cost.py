@@ -35,7 +35,7 @@ def main() -> int:
     from onmkd.config import load_config
     from onmkd.data import load_dataset
     from onmkd.io import write_json
-    from onmkd.train import Trainer, batches
+    from onmkd.training.train import Trainer, batches
 
     data = load_dataset("squad")
     n = args.batch * (args.steps + args.warmup)

@@ -81,8 +81,9 @@ def main() -> int:
     from onmkd.config import PeerInit, load_config
     from onmkd.data import load_dataset, passage_text
     from onmkd.io import write_json
-    from onmkd.peers import DualEncoder, build_peer
-    from onmkd.train import Trainer, batches
+    from onmkd.retrieval.dual import DualEncoder
+    from onmkd.training.peers import build_peer
+    from onmkd.training.train import Trainer, batches
 
     hf_logging.set_verbosity_error()
     if args.threads:

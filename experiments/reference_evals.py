@@ -23,7 +23,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from onmkd.io import write_text
-    from onmkd.report import metrics_table
+    from onmkd.study.report import metrics_table
 
     # (label, spec, split): nq-qed on every question (`all`), as these reference numbers always were;
     # its paragraph-held-out `test` is a 279-question subset of it

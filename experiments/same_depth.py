@@ -28,7 +28,7 @@ COLUMNS = ("acc@5", "acc@20", "acc@100", "recall@20", "mrr@10")
 
 def per_question(run_dir: Path, data, split: str) -> dict[str, np.ndarray]:
     """Per-question acc@20 hit and reciprocal rank (qid order of the split) from a run file."""
-    from onmkd.metrics import first_hit_ranks, qrels_metrics, rank, read_trec_run
+    from onmkd.retrieval.metrics import first_hit_ranks, qrels_metrics, rank, read_trec_run
 
     s = data.split(split)
     run = read_trec_run(run_dir / "run.trec")
@@ -52,10 +52,11 @@ def main() -> int:
 
     from onmkd.config import PeerInit, load_config
     from onmkd.data import load_dataset
-    from onmkd.evaluate import EvalConfig, evaluate
+    from onmkd.retrieval.evaluate import EvalConfig, evaluate
     from onmkd.io import write_json, write_text
-    from onmkd.peers import DualEncoder, build_peer
-    from onmkd.train import train
+    from onmkd.retrieval.dual import DualEncoder
+    from onmkd.training.peers import build_peer
+    from onmkd.training.train import train
 
     data = load_dataset("squad")
     rows, per_q = [], {}

@@ -22,6 +22,13 @@ app.add_typer(models_app, name="models")
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Data set spec: squad, nq-qed, a BEIR folder, dpr:…, dpr-qa:…, hf:… (see `data info --help`).")]
 QrelsOpt = Annotated[str, typer.Option("--unknown-qrels", help="qrels that name a passage or question the data set lacks: fail (an error naming file and line) or skip (dropped, one warning).")]
+# Options that several commands share, declared once.
+QMaxLenOpt = Annotated[int, typer.Option(help="Question tokens kept.")]
+PMaxLenOpt = Annotated[int, typer.Option(help="Passage tokens kept.")]
+BatchSizeOpt = Annotated[int, typer.Option(help="Encoding batch size.")]
+IndexOpt = Annotated[str, typer.Option(help="faiss index: flat (exact), hnsw, ivfpq.")]
+BackendOpt = Annotated[str, typer.Option(help="Inference backend: torch (fp32), int8, onnx, onnx-int8 (the last three on the CPU).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N (torch backend).")]
 
 
 def _errors(fn):
@@ -46,13 +53,38 @@ def _main(
 ) -> None:
     """Train, benchmark and ablate small dense passage retrievers (OnMKD)."""
     if trust_remote_code:
-        from onmkd.models import TRUST_REMOTE_CODE_ENV
+        from onmkd.retrieval.models import TRUST_REMOTE_CODE_ENV
 
         os.environ[TRUST_REMOTE_CODE_ENV] = "1"  # read where checkpoints load; inherited by workers
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name if os.sep in text else text).strip("_") or "x"
+
+
+def invocation(ctx: typer.Context, leave_out: tuple[str, ...] = ()) -> str:
+    """The command line that reruns this command, recorded in what it writes: ``onmkd-bench NAME``,
+    then its arguments and options in the order the command declares them, each as given or
+    defaulted (a flag only when set, a list option once per value, an unset optional one left out).
+    ``leave_out``: parameters that do not change the result (e.g. where a file is written)."""
+    words = ["onmkd-bench", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in leave_out or value is None:
+            continue
+        if param.param_type_name == "argument":
+            words += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+        elif param.is_flag and param.secondary_opts:  # --x/--no-x
+            if value != param.default:
+                words.append(param.opts[0] if value else param.secondary_opts[0])
+        elif param.is_flag:
+            if value:
+                words.append(param.opts[0])
+        else:
+            name = next(o for o in param.opts if o.startswith("--"))
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                words += [name, str(v)]
+    return " ".join(words)
 
 
 @data_app.command("info")
@@ -71,8 +103,8 @@ def data_info(spec: Annotated[str, typer.Argument(help="Data set spec, e.g. squa
 @_errors
 def models_list() -> None:
     """Show the registry: layers, hidden size, parameters, and whether each is available here."""
-    from onmkd.report import to_markdown
-    from onmkd.models import REGISTRY, checkpoint_params
+    from onmkd.study.report import to_markdown
+    from onmkd.retrieval.models import REGISTRY, checkpoint_params
 
     rows = []
     for c in REGISTRY.values():
@@ -88,7 +120,7 @@ def models_list() -> None:
 @_errors
 def models_install(name: Annotated[str, typer.Argument(help="Registry name, e.g. mpnet-base.")]) -> None:
     """Install a registry checkpoint's offline source and prepare it in the cache (opt-in ones: mpnet-base)."""
-    from onmkd.models import install
+    from onmkd.retrieval.models import install
 
     typer.echo(f"{name}: ready at {install(name)}")
 
@@ -99,23 +131,23 @@ def evaluate_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="Registry name, local folder, hub id, or bm25.")],
     dataset: DatasetOpt = "squad",
     split: Annotated[str, typer.Option(help="Split whose questions are searched.")] = "test",
-    q_max_len: Annotated[int, typer.Option(help="Question tokens kept.")] = 64,
-    p_max_len: Annotated[int, typer.Option(help="Passage tokens kept.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+    q_max_len: QMaxLenOpt = 64,
+    p_max_len: PMaxLenOpt = 256,
+    batch_size: BatchSizeOpt = 64,
     top_k: Annotated[int, typer.Option(help="Passages retrieved per question.")] = 100,
-    index: Annotated[str, typer.Option(help="faiss index: flat (exact), hnsw, ivfpq.")] = "flat",
+    index: IndexOpt = "flat",
     out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/evaluate/MODEL__DATASET__SPLIT].")] = None,
     titles: Annotated[bool, typer.Option(help="Index passages as 'title text' (BEIR, DPR); --no-titles: text alone.")] = True,
     cache: Annotated[bool, typer.Option(help="Reuse encoded corpora from the cache.")] = True,
-    device: Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N.")] = "auto",
-    backend: Annotated[str, typer.Option(help="Inference backend: torch (fp32), int8, onnx, onnx-int8 (the last three on the CPU).")] = "torch",
+    device: DeviceOpt = "auto",
+    backend: BackendOpt = "torch",
     unknown_qrels: QrelsOpt = "fail",
 ) -> None:
     """Evaluate a retriever on one split: accuracy, recall, MRR, nDCG; writes config, metrics and a TREC run."""
     from onmkd.data import load_dataset
-    from onmkd.evaluate import EvalConfig, evaluate
-    from onmkd.index import IndexSpec
-    from onmkd.report import metrics_table
+    from onmkd.retrieval.evaluate import EvalConfig, evaluate
+    from onmkd.retrieval.index import IndexSpec
+    from onmkd.study.report import metrics_table
 
     cfg = EvalConfig(model=model, dataset=dataset, split=split, q_max_len=q_max_len, p_max_len=p_max_len,
                      batch_size=batch_size, top_k=top_k, index=IndexSpec(kind=index), titles=titles, cache=cache,
@@ -139,10 +171,10 @@ def baselines_cmd(
 ) -> None:
     """Evaluate the teacher encoders, the small off-the-shelf encoder and BM25 on one split; print the table."""
     from onmkd.data import load_dataset
-    from onmkd.evaluate import EvalConfig, evaluate
+    from onmkd.retrieval.evaluate import EvalConfig, evaluate
     from onmkd.io import write_text
-    from onmkd.models import REGISTRY
-    from onmkd.report import metrics_table
+    from onmkd.retrieval.models import REGISTRY
+    from onmkd.study.report import metrics_table
 
     names = [m.strip() for m in models.split(",") if m.strip()] or [
         c.name for c in REGISTRY.values() if c.role in ("teacher", "small baseline") and c.available()] + ["bm25"]
@@ -175,12 +207,12 @@ def train_cmd(
     if dry_run:
         typer.echo(_json.dumps(cfg.to_dict(), indent=2))
         return
-    from onmkd.train import train
+    from onmkd.training.train import train
 
     stem = config.stem if config else "default"
     out = out or Path("runs") / "train" / f"{stem}-{cfg.train.method}-seed{cfg.train.seed}"
     result = train(cfg, out, log=lambda msg: typer.echo(msg, err=True))
-    from onmkd.distributed import is_main
+    from onmkd.training.distributed import is_main
 
     if not is_main():  # under torchrun: rank 0 reports
         return
@@ -195,7 +227,7 @@ def diagnose_cmd(run_dir: Annotated[Path, typer.Argument(help="A training run di
     """Mutual-learning diagnostics of a run: KL between peers over training; per dev epoch each
     peer's score, the peers' score ensemble and their top-20 overlap."""
     from onmkd.errors import DataError
-    from onmkd.report import diagnostics, to_markdown
+    from onmkd.study.report import diagnostics, to_markdown
 
     if not (run_dir / "log.jsonl").exists():
         raise DataError(f"{run_dir}: not a training run directory (no log.jsonl)")
@@ -225,7 +257,7 @@ def sweep_cmd(
 
     Rerunning the same command resumes: finished trials are kept, a trial cut short is retried
     and resumes its training. Several workers may share one study through --storage."""
-    from onmkd.space import load_space
+    from onmkd.study.space import load_space
 
     sp = load_space(space)
     if check:
@@ -235,7 +267,7 @@ def sweep_cmd(
             rng = f"[{p.low}, {p.high}]{' log' if p.log else ''}" if p.kind != "categorical" else f"{list(p.choices)}"
             typer.echo(f"  {p.path}: {p.kind} {rng}" + (f" when {dict(p.when)}" if p.when else ""))
         return
-    from onmkd.sweep import sweep
+    from onmkd.study.sweep import sweep
 
     from onmkd.io import safe_join
 
@@ -250,21 +282,22 @@ def sweep_cmd(
 @app.command("report")
 @_errors
 def report_cmd(
+    ctx: typer.Context,
     dirs: Annotated[list[Path], typer.Argument(help="Study, paper, training or evaluation directories (searched below).")],
     out: Annotated[Path, typer.Option(help="Folder for the CSV, tables and figures.")] = Path("reports"),
     reference: Annotated[Optional[str], typer.Option(help="Label of the full method in the ablation table [default: the first OnMKD label].")] = None,
 ) -> None:
     """Tables (Markdown, LaTeX), a tidy CSV and figures (PNG, PDF) from finished runs."""
-    from onmkd.report import build_report
+    from onmkd.study.report import build_report
 
-    command = "onmkd-bench report " + " ".join(str(d) for d in dirs) + f" --out {out}"
-    build_report(dirs, out, command=command, reference=reference, log=lambda m: typer.echo(m, err=True))
+    build_report(dirs, out, command=invocation(ctx), reference=reference, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"report: {out / 'README.md'}")
 
 
 @app.command("paper")
 @_errors
 def paper_cmd(
+    ctx: typer.Context,
     plan: Annotated[Path, typer.Option("--plan", "-p", help="Plan of the paper's tables.")] = Path("experiments/paper.toml"),
     out: Annotated[Path, typer.Option(help="Folder of the runs and the manifest (rerunning resumes).")] = Path("runs/paper"),
     report_dir: Annotated[Path, typer.Option("--report", help="Folder for the report.")] = Path("reports/paper"),
@@ -275,41 +308,39 @@ def paper_cmd(
     finished_only: Annotated[bool, typer.Option(help="Train nothing: report the runs that have finished.")] = False,
 ) -> None:
     """Train and evaluate every run of the paper's tables (main, layers, ablations) and write the report."""
-    from onmkd.paper import load_plan, run_paper
+    from onmkd.study.paper import load_plan, run_paper
 
     p = load_plan(plan, set_ or [])
-    command = " ".join(["onmkd-bench paper --plan", str(plan), "--out", str(out), "--report", str(report_dir)]
-                       + [f"--seed {s}" for s in seeds or []] + [f"--table {t}" for t in table or []]
-                       + [f"--set {x}" for x in set_ or []] + (["--remeasure"] if remeasure else []) + (["--finished-only"] if finished_only else []))
     run_paper(p, out, seeds=tuple(seeds) if seeds else None, tables=tuple(table or ()), report_dir=report_dir,
-              command=command, remeasure=remeasure, finished_only=finished_only, log=lambda m: typer.echo(m, err=True))
+              command=invocation(ctx), remeasure=remeasure, finished_only=finished_only, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"report: {report_dir / 'README.md'}")
 
 
 @app.command("profile")
 @_errors
 def profile_cmd(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option("--model", "-m", help="Registry name, checkpoint folder or training run directory.")],
     dataset: DatasetOpt = "squad",
     split: Annotated[str, typer.Option(help="Split whose questions give the latencies.")] = "test",
-    backend: Annotated[str, typer.Option(help="Inference backend: torch (fp32), int8, onnx, onnx-int8 (the last three on the CPU).")] = "torch",
-    q_max_len: Annotated[int, typer.Option(help="Question tokens kept.")] = 64,
-    p_max_len: Annotated[int, typer.Option(help="Passage tokens kept.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
-    index: Annotated[str, typer.Option(help="faiss index: flat (exact), hnsw, ivfpq.")] = "flat",
+    backend: BackendOpt = "torch",
+    q_max_len: QMaxLenOpt = 64,
+    p_max_len: PMaxLenOpt = 256,
+    batch_size: BatchSizeOpt = 64,
+    index: IndexOpt = "flat",
     n_latency: Annotated[int, typer.Option(help="Questions timed one at a time (after 20 not timed).")] = 200,
     query_threads: Annotated[int, typer.Option(help="Intra-op threads for the one-question timings (0: all, as corpus encoding).")] = 1,
+    device: DeviceOpt = "auto",
     max_passages: Annotated[Optional[int], typer.Option(help="Encode only the first N passages [default: all].")] = None,
-    device: Annotated[str, typer.Option(help="auto (cuda when available), cpu, cuda or cuda:N (torch backend).")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="JSON file [default: runs/profile/MODEL__DATASET[__BACKEND].json].")] = None,
 ) -> None:
     """Efficiency of a retriever: parameters, checkpoint and index bytes, query latency p50/p95/p99, corpus
     throughput, search latency, end-to-end QPS, peak memory, FLOPs and the fraction of the measured matmul peak."""
     from onmkd.data import load_dataset
-    from onmkd.index import IndexSpec
+    from onmkd.retrieval.index import IndexSpec
     from onmkd.io import write_json
-    from onmkd.profile import profile_retriever
-    from onmkd.report import to_markdown
+    from onmkd.study.profile import profile_retriever
+    from onmkd.study.report import to_markdown
 
     if model == "bm25":
         raise typer.BadParameter("profile measures dense encoders; bm25 has no encoder", param_hint="--model")
@@ -317,11 +348,7 @@ def profile_cmd(
     result = profile_retriever(model, data, split, q_max_len=q_max_len, p_max_len=p_max_len, batch_size=batch_size,
                                index=IndexSpec(kind=index), backend=backend, n_latency=n_latency, device=device,
                                max_passages=max_passages, query_threads=query_threads or None)
-    command = (f"onmkd-bench profile --model {model} --dataset {dataset} --split {split} --backend {backend} "
-               f"--q-max-len {q_max_len} --p-max-len {p_max_len} --batch-size {batch_size} --index {index} "
-               f"--n-latency {n_latency} --query-threads {query_threads} --device {device}"
-               + (f" --max-passages {max_passages}" if max_passages else ""))
-    result = {"command": command, "dataset": dataset, **result}
+    result = {"command": invocation(ctx, leave_out=("out",)), "dataset": dataset, **result}
     out = out or Path("runs") / "profile" / f"{_slug(model)}__{_slug(dataset)}{'' if backend == 'torch' else '__' + _slug(backend)}.json"
     write_json(out, result)
     rows = [{"figure": k, "value": (f"{v:.4g}" if isinstance(v, float) else v)} for k, v in result.items()
@@ -339,14 +366,14 @@ def encode_cmd(
     dataset: DatasetOpt = "squad",
     shards: Annotated[int, typer.Option(help="Consecutive pieces of the corpus, each written as shard-NNNNN.npy + .ids.txt.")] = 1,
     workers: Annotated[int, typer.Option(help="Worker processes on the CPU (each gets cores/workers threads); with CUDA, one per device instead.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Encoding batch size.")] = 64,
+    batch_size: BatchSizeOpt = 64,
     max_length: Annotated[int, typer.Option(help="Passage tokens kept.")] = 256,
     titles: Annotated[bool, typer.Option(help="Encode passages as 'title text'; --no-titles: text alone.")] = True,
-    backend: Annotated[str, typer.Option(help="Inference backend: torch (fp32), int8, onnx, onnx-int8 (the last three on the CPU).")] = "torch",
+    backend: BackendOpt = "torch",
     device: Annotated[str, typer.Option(help="auto (every CUDA device when present), cpu, cuda or cuda:N (torch backend).")] = "auto",
 ) -> None:
     """Encode a corpus into checksummed vector shards with several processes (or GPUs); resumable."""
-    from onmkd.shards import encode_shards
+    from onmkd.retrieval.shards import encode_shards
 
     manifest = encode_shards(model, dataset, out, shards=shards, workers=workers, batch_size=batch_size,
                              max_length=max_length, backend=backend, titles=titles, device=device,
@@ -377,9 +404,9 @@ def index_cmd(
     Row i of the index is the i-th passage id, also written beside the index (.ids.txt)."""
     import time
 
-    from onmkd.index import IndexSpec, save_index
+    from onmkd.retrieval.index import IndexSpec, save_index
     from onmkd.resources import human
-    from onmkd.shards import build_index_from_shards, write_ids
+    from onmkd.retrieval.shards import build_index_from_shards, write_ids
 
     spec = IndexSpec(kind=kind, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, nlist=nlist,
                      pq_m=pq_m, pq_bits=pq_bits, nprobe=nprobe, train_size=train_size, device=device)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from onmkd.errors import ConfigError
-
-METHODS = ("onmkd", "dml", "dpr", "kd")
+from onmkd.io import parse_text
+from onmkd.training.methods import METHODS, check_peers, methods_help
 LAYER_RULES = ("first", "last", "even", "list")
 
 
@@ -84,7 +84,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str = _f("onmkd", "onmkd, dml (onmkd without the cross-wise term), dpr (NLL alone, one student) or kd (offline distillation from loss.teacher)")
+    method: str = _f("onmkd", methods_help())
     seed: int = _f(0, "seed of data order, hard-negative sampling and initialisation")
     epochs: int = _f(1, "passes over the training questions")
     batch_size: int = _f(32, "questions per step")
@@ -214,14 +214,7 @@ def read_toml(path: str | Path, what: str) -> tuple[str, dict[str, Any]]:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise ConfigError(f"{p}:{line}: not UTF-8 text (byte {e.start})") from None
-    try:
-        return text, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: {e}") from None
-    except RecursionError:
-        raise ConfigError(f"{p}: invalid TOML (nested too deeply)") from None
-    except ValueError as e:  # a number beyond int's digit limit
-        raise ConfigError(f"{p}: invalid TOML ({str(e).split(':', 1)[0]})") from None
+    return text, parse_text(tomllib.loads, text, str(p), ConfigError)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -286,10 +279,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.device: {t.device!r} is not auto, cpu, cuda or cuda:N")
     if t.select not in ("best",):
         raise ConfigError(f"train.select: {t.select!r} is not one of best")
-    if t.method in ("onmkd", "dml") and m.peers < 2:
-        raise ConfigError(f"model.peers: {t.method} needs at least 2 peers, got {m.peers} (use train.method = 'dpr' for one student)")
-    if t.method in ("dpr", "kd") and m.peers != 1:
-        raise ConfigError(f"model.peers: {t.method} trains one student; set model.peers = 1 (got {m.peers})")
+    problem = check_peers(t.method, m.peers)
+    if problem:
+        raise ConfigError(f"model.peers: {problem}")
     if not m.peer:
         raise ConfigError("model.peer: at least one [[model.peer]] table is needed")
     if len(m.peer) not in (1,) and len(m.peer) < m.peers:

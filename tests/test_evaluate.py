@@ -4,9 +4,9 @@ import math
 import pytest
 
 from onmkd.data import load_dataset
-from onmkd.evaluate import EvalConfig, evaluate
+from onmkd.retrieval.evaluate import EvalConfig, evaluate
 from onmkd.errors import ConfigError, DataError
-from onmkd.metrics import read_trec_run
+from onmkd.retrieval.metrics import read_trec_run
 
 
 def _by_hand(qrels, run, k):
@@ -52,7 +52,7 @@ def test_bm25_ranks_the_obvious_passage_first(tiny_beir):
 
 
 def test_second_evaluation_reuses_encoded_corpus(tiny_model_dir, tiny_beir, monkeypatch, tmp_path):
-    from onmkd.models import Encoder
+    from onmkd.retrieval.models import Encoder
 
     monkeypatch.setenv("ONMKD_CACHE", str(tmp_path / "cache"))
 

@@ -12,7 +12,7 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
-from onmkd import figures
+from onmkd.study import figures
 
 NAN = float("nan")
 
@@ -270,7 +270,7 @@ def test_optuna_importances_degenerate():
 
 
 def test_import_does_not_pull_torch():
-    code = "import onmkd.figures, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import onmkd.study.figures, sys; assert 'torch' not in sys.modules, 'torch imported'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 

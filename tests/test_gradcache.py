@@ -18,12 +18,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onmkd import gradcache
+from onmkd.training import gradcache
 from onmkd.config import from_dict, load_config
 from onmkd.data import Dataset, Split, passage_text
 from onmkd.errors import ConfigError
-from onmkd.losses import onmkd_total
-from onmkd.train import Trainer, batches
+from onmkd.training.losses import onmkd_total
+from onmkd.training.train import Trainer, batches
 
 from numerics import F64_RTOL, bert_forward_atol, dropout_off, to_float64
 from test_train import PASSAGES, QUESTIONS  # the tiny QA set of the training tests

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from onmkd.errors import ConfigError
-from onmkd.index import IndexSpec, build_index, index_bytes, save_index, search
+from onmkd.retrieval.index import IndexSpec, build_index, index_bytes, save_index, search
 
 from numerics import dot_atol
 
@@ -60,7 +60,7 @@ def test_k_larger_than_corpus_is_capped():
 import faiss  # noqa: E402
 
 from onmkd.errors import DataError  # noqa: E402
-from onmkd.index import (  # noqa: E402
+from onmkd.retrieval.index import (  # noqa: E402
     ShardedIndex, build_sharded_index, estimate_bytes, is_gpu_index, load_index, shard_bounds, sidecar_path,
 )
 from onmkd.resources import ResourceError  # noqa: E402

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from onmkd.losses import (
+from onmkd.training.losses import (
     cross_wise,
     cross_wise_pair,
     mutual_kl,

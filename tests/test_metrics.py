@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from onmkd.metrics import (answer_accuracy, has_answer, normalize_tokens, qrels_metrics, rank, read_trec_run,
+from onmkd.retrieval.metrics import (answer_accuracy, has_answer, normalize_tokens, qrels_metrics, rank, read_trec_run,
                            write_trec_run)
 
 

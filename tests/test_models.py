@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from onmkd.errors import ModelError
-from onmkd.models import REGISTRY, Encoder, checkpoint_params, resolve
+from onmkd.retrieval.models import REGISTRY, Encoder, checkpoint_params, resolve
 
 from numerics import bert_forward_atol, gamma
 

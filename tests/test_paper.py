@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from onmkd.errors import ConfigError
-from onmkd.paper import load_plan, run_paper
-from onmkd.report import collect
+from onmkd.study.paper import load_plan, run_paper
+from onmkd.study.report import collect
 
 
 def write_plan(tmp_path, model_dir, squad):

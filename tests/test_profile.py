@@ -7,8 +7,8 @@ import torch
 from typer.testing import CliRunner
 
 from onmkd.data import load_dataset
-from onmkd.models import Encoder
-from onmkd.profile import encoder_flops, matmul_peak_gflops, profile_retriever, token_lengths
+from onmkd.retrieval.models import Encoder
+from onmkd.study.profile import encoder_flops, matmul_peak_gflops, profile_retriever, token_lengths
 
 
 def test_flops_formula_against_a_count_by_hand(tiny_model_dir):
@@ -73,10 +73,10 @@ def test_profile_under_int8_reports_no_fp32_peak_fraction(tiny_model_dir, tiny_b
 
 
 def test_profile_command_writes_json_and_prints_table(tiny_model_dir, tiny_beir, tmp_path, monkeypatch):
-    import onmkd.profile
+    import onmkd.study.profile
     from onmkd.cli import app
 
-    monkeypatch.setattr(onmkd.profile, "matmul_peak_gflops", lambda **kw: 50.0)  # the real one takes seconds
+    monkeypatch.setattr(onmkd.study.profile, "matmul_peak_gflops", lambda **kw: 50.0)  # the real one takes seconds
     out = tmp_path / "p.json"
     result = CliRunner().invoke(app, ["profile", "--model", str(tiny_model_dir), "--dataset", str(tiny_beir),
                                       "--n-latency", "4", "--batch-size", "2", "--out", str(out)], catch_exceptions=False)
@@ -98,8 +98,8 @@ def test_profile_command_refuses_a_bad_backend(tiny_model_dir, tiny_beir, tmp_pa
 
 
 def test_efficiency_and_latency_still_work_for_the_sweep(tiny_model_dir):
-    from onmkd.peers import DualEncoder
-    from onmkd.profile import efficiency
+    from onmkd.retrieval.dual import DualEncoder
+    from onmkd.study.profile import efficiency
 
     dual = DualEncoder(Encoder.load(str(tiny_model_dir))).train()
     eff = efficiency(dual, ["what is the capital of france", "who was tesla"], q_max_len=16, n_latency=3)

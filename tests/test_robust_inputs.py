@@ -36,8 +36,8 @@ from onmkd.data.dpr import load_dpr, load_dpr_qa
 from onmkd.data.qed import load_qed
 from onmkd.data.squad import load_squad
 from onmkd.errors import ConfigError, DataError, OnmkdError
-from onmkd.paper import Plan, load_plan
-from onmkd.space import Space, load_space
+from onmkd.study.paper import Plan, load_plan
+from onmkd.study.space import Space, load_space
 
 PROPS = settings(max_examples=60, deadline=None, database=None, print_blob=True,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

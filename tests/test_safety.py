@@ -82,7 +82,7 @@ def test_payload_is_live(tmp_path):
 
 
 def test_pickle_checkpoint_folder_is_refused_and_never_run(tiny_model_dir, tmp_path):
-    from onmkd.models import Encoder
+    from onmkd.retrieval.models import Encoder
 
     folder = tmp_path / "pickled-model"
     _tokenizer_and_config(tiny_model_dir, folder)
@@ -108,7 +108,7 @@ def test_cli_refuses_pickle_checkpoint_in_one_line(tiny_model_dir, tiny_beir, tm
 
 @pytest.mark.parametrize("kind", ["torch.save", "raw pickle"])
 def test_training_state_with_pickle_payload_is_refused(kind, tmp_path):
-    from onmkd.train import Trainer
+    from onmkd.training.train import Trainer
 
     run = tmp_path / "run"
     path = run / "checkpoint" / "state.pt"
@@ -141,7 +141,7 @@ def test_training_resume_refuses_poisoned_state_in_one_line(tiny_model_dir, tiny
 
 
 def test_truncated_training_state_is_one_line(tmp_path):
-    from onmkd.train import load_state_file
+    from onmkd.training.train import load_state_file
 
     path = tmp_path / "state.pt"
     path.write_bytes(b"PK\x03\x04 not really a zip")
@@ -151,7 +151,7 @@ def test_truncated_training_state_is_one_line(tmp_path):
 
 def test_remote_code_is_off_by_default_and_opt_in(tiny_model_dir, tmp_path, monkeypatch):
     """A checkpoint whose config asks for its own code is refused (and the code never runs)."""
-    from onmkd.models import Encoder
+    from onmkd.retrieval.models import Encoder
 
     folder = tmp_path / "custom-code"
     shutil.copytree(tiny_model_dir, folder)
@@ -190,7 +190,7 @@ def test_remote_code_is_off_by_default_and_opt_in(tiny_model_dir, tmp_path, monk
 
 
 def test_safetensors_checkpoint_still_loads(tiny_model_dir):
-    from onmkd.models import Encoder
+    from onmkd.retrieval.models import Encoder
 
     enc = Encoder.load(str(tiny_model_dir))
     assert enc.dim == 32
@@ -240,7 +240,7 @@ def test_dataset_path_with_dotdot_writes_only_inside_run_dir(tiny_model_dir, tin
 
 @pytest.mark.parametrize("split", ["../../escape", "..", "/tmp/abs"])
 def test_split_names_cannot_leave_the_run_dir(split, tiny_beir, tmp_path, monkeypatch):
-    from onmkd.evaluate import EvalConfig
+    from onmkd.retrieval.evaluate import EvalConfig
 
     with pytest.raises(ConfigError, match="split"):
         EvalConfig(model="bm25", dataset="x", split=split)
@@ -262,12 +262,13 @@ def test_split_named_dotdot_in_a_data_set_is_refused(tiny_beir, tmp_path, monkey
 
 
 def test_sweep_study_name_cannot_leave_runs(tmp_path, monkeypatch):
-    import onmkd.sweep
+    import onmkd
+    import onmkd.study.sweep
 
-    text = (Path(onmkd.sweep.__file__).parent / "spaces" / "default.toml").read_text()
+    text = (Path(onmkd.__file__).parent / "spaces" / "default.toml").read_text()
     space = tmp_path / "space.toml"
     space.write_text(text.replace('name = "default"', 'name = "../../../evil"', 1))
-    monkeypatch.setattr(onmkd.sweep, "sweep", lambda *a, **k: pytest.fail("sweep ran with an escaping study name"))
+    monkeypatch.setattr(onmkd.study.sweep, "sweep", lambda *a, **k: pytest.fail("sweep ran with an escaping study name"))
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -280,8 +281,8 @@ def test_sweep_study_name_cannot_leave_runs(tmp_path, monkeypatch):
 
 
 def test_flat_index_too_large_names_ivfpq_and_hnsw(monkeypatch):
-    from onmkd.evaluate import EvalConfig, dense_run
-    from onmkd.index import IndexSpec
+    from onmkd.retrieval.evaluate import EvalConfig, dense_run
+    from onmkd.retrieval.index import IndexSpec
 
     monkeypatch.setattr(resources, "available_memory", lambda: 10_000)
     pvecs = np.zeros((100, 32), dtype=np.float32)  # 12.5 KiB flat
@@ -301,7 +302,7 @@ def test_flat_index_too_large_names_ivfpq_and_hnsw(monkeypatch):
 
 def test_evaluate_refuses_corpus_that_cannot_fit_in_memory(tiny_model_dir, tiny_beir, tmp_path, monkeypatch):
     from onmkd.data import load_dataset
-    from onmkd.evaluate import EvalConfig, evaluate
+    from onmkd.retrieval.evaluate import EvalConfig, evaluate
 
     monkeypatch.setenv("ONMKD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(resources, "available_memory", lambda: 100)
@@ -322,9 +323,9 @@ def _full_disk(monkeypatch, free=1024):
 
 def test_disk_checks_before_large_writes(tiny_model_dir, tiny_beir, tmp_path, monkeypatch):
     from onmkd.data import load_dataset
-    from onmkd.evaluate import EvalConfig, evaluate
-    from onmkd.models import Encoder
-    from onmkd.peers import DualEncoder
+    from onmkd.retrieval.evaluate import EvalConfig, evaluate
+    from onmkd.retrieval.models import Encoder
+    from onmkd.retrieval.dual import DualEncoder
 
     monkeypatch.setenv("ONMKD_CACHE", str(tmp_path / "cache"))
     enc = Encoder.load(str(tiny_model_dir))
@@ -345,7 +346,7 @@ def test_disk_checks_before_large_writes(tiny_model_dir, tiny_beir, tmp_path, mo
 def test_disk_check_before_extracting_an_archive(tmp_path, monkeypatch):
     import zipfile
 
-    from onmkd.convert import extract_zip_safely
+    from onmkd.retrieval.mpnet import extract_zip_safely
 
     archive = tmp_path / "a.zip"
     with zipfile.ZipFile(archive, "w") as zf:

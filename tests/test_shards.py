@@ -6,7 +6,7 @@ import pytest
 
 from onmkd.data import passage_text
 from onmkd.errors import ConfigError, DataError
-from onmkd.shards import MANIFEST, build_index_from_shards, encode_shards, load_shards
+from onmkd.retrieval.shards import MANIFEST, build_index_from_shards, encode_shards, load_shards
 
 from numerics import TINY_BERT_ATOL as TINY_ATOL  # workers batch differently: rounding only
 
@@ -20,7 +20,7 @@ def _corpus(n=23, seed=0):
 
 
 def _reference(model_dir, corpus, max_length=32):
-    from onmkd.models import Encoder
+    from onmkd.retrieval.models import Encoder
 
     enc = Encoder.load(str(model_dir))
     return enc.encode([passage_text(d) for d in corpus.values()], max_length=max_length, batch_size=4)
@@ -94,7 +94,7 @@ def test_cli_encode_then_index(tiny_model_dir, tiny_beir, tmp_path):
     from typer.testing import CliRunner
 
     from onmkd.cli import app
-    from onmkd.index import ShardedIndex, load_index
+    from onmkd.retrieval.index import ShardedIndex, load_index
 
     def invoke(*args):
         return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)

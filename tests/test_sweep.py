@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from onmkd.errors import ConfigError
-from onmkd.space import load_space
+from onmkd.study.space import load_space
 
 
 def space_text(model_dir, squad, *, trials=3, epochs=2, extra_params="", final="", study="", fixed=""):
@@ -151,8 +151,8 @@ def test_conditional_param_is_sampled_only_when_its_condition_holds(tmp_path, ti
 
 
 def test_sweep_final_step_and_report(tmp_path, tiny_model_dir, tiny_squad):
-    from onmkd.report import collect
-    from onmkd.sweep import sweep
+    from onmkd.study.report import collect
+    from onmkd.study.sweep import sweep
 
     space = load_space(write_space(tmp_path, tiny_model_dir, tiny_squad, trials=3))
     study_dir = tmp_path / "study"
@@ -202,7 +202,7 @@ def test_sweep_final_step_and_report(tmp_path, tiny_model_dir, tiny_squad):
 def test_pruned_trial_stops_training_and_drops_its_checkpoint(tmp_path, tiny_model_dir, tiny_squad, monkeypatch):
     import optuna
 
-    from onmkd import sweep as sweep_mod
+    from onmkd.study import sweep as sweep_mod
 
     monkeypatch.setattr(sweep_mod, "make_pruner", lambda spec: optuna.pruners.ThresholdPruner(lower=2.0))
     space = load_space(write_space(tmp_path, tiny_model_dir, tiny_squad, trials=2, epochs=3))
@@ -216,7 +216,7 @@ def test_pruned_trial_stops_training_and_drops_its_checkpoint(tmp_path, tiny_mod
 
 
 def test_budget_stops_taking_trials_when_the_final_step_would_not_fit(tmp_path, tiny_model_dir, tiny_squad):
-    from onmkd.sweep import sweep
+    from onmkd.study.sweep import sweep
 
     space = load_space(write_space(tmp_path, tiny_model_dir, tiny_squad, trials=4, epochs=1, study="budget_s = 1"))
     logs = []
@@ -227,8 +227,8 @@ def test_budget_stops_taking_trials_when_the_final_step_would_not_fit(tmp_path, 
 
 
 def test_ctrl_c_marks_the_trial_and_the_rerun_retries_it(tmp_path, tiny_model_dir, tiny_squad, monkeypatch):
-    from onmkd import sweep as sweep_mod
-    from onmkd.train import Trainer
+    from onmkd.study import sweep as sweep_mod
+    from onmkd.training.train import Trainer
 
     space = load_space(write_space(tmp_path, tiny_model_dir, tiny_squad, trials=2, epochs=2))
     real = Trainer.dev_eval

@@ -6,7 +6,7 @@ import torch
 from onmkd.config import load_config
 from onmkd.data import Dataset, Split
 from onmkd.errors import ConfigError
-from onmkd.train import Trainer, batches, build_examples, train
+from onmkd.training.train import Trainer, batches, build_examples, train
 
 from numerics import TINY_BERT_ATOL
 
@@ -90,13 +90,13 @@ def test_student_loads_with_transformers_and_sentence_transformers(tiny_model_di
     from transformers import AutoModel
 
     from onmkd.data import passage_text
-    from onmkd.evaluate import EvalConfig, evaluate
+    from onmkd.retrieval.evaluate import EvalConfig, evaluate
 
     out = tmp_path / "run"
     result = train(config(tiny_model_dir), out, tiny_qa(), log=lambda m: None)
     assert AutoModel.from_pretrained(out / "student").config.num_hidden_layers == 2
     st = SentenceTransformer(str(out / "student"), device="cpu")
-    from onmkd.evaluate import load_retriever
+    from onmkd.retrieval.evaluate import load_retriever
 
     ours = load_retriever(str(out)).passage.encode(["paris is the capital"], max_length=32)
     assert np.abs(st.encode(["paris is the capital"]) - ours).max() < TINY_BERT_ATOL  # two forwards, two orders
@@ -161,7 +161,7 @@ def test_baselines(method, tiny_model_dir, tmp_path):
 
 
 def test_untied_towers_and_random_init(tiny_model_dir, tmp_path):
-    from onmkd.evaluate import load_retriever
+    from onmkd.retrieval.evaluate import load_retriever
 
     cfg = config(tiny_model_dir, "train.epochs=1", "model.tied=false",
                  f'model.peer=[{{checkpoint="{tiny_model_dir}"}}, {{checkpoint="{tiny_model_dir}", random=true}}]')
@@ -190,7 +190,7 @@ def test_configs_that_need_the_checkpoint_fail_before_training(extra, message, t
 
 
 def test_dev_held_out_from_train_when_missing(tiny_model_dir):
-    from onmkd.train import hold_out_dev
+    from onmkd.training.train import hold_out_dev
 
     data = tiny_qa()
     del data.splits["dev"]
@@ -232,3 +232,82 @@ def test_broken_data_leaves_no_config_behind(tiny_model_dir, tmp_path):
     # the corrected config may use the same run directory
     train(config(tiny_model_dir, "train.epochs=1"), tmp_path / "r", tiny_qa(), log=lambda m: None)
     assert (tmp_path / "r" / "metrics.json").exists()
+
+
+# --------------------------------------------------------------------------- set-up functions
+
+
+def test_build_peers_one_structure_kept_layers(tiny_model_dir):
+    from onmkd.training.train import build_peers
+
+    peers, kept = build_peers(config(tiny_model_dir, "model.layers=1", "loss.cross_layers=[[1, 1]]"))
+    assert len(peers) == 2 and kept == [[1], [1]]
+    assert all(p.question.num_layers == 1 and p.question is p.passage for p in peers)  # tied by default
+    untied, _ = build_peers(config(tiny_model_dir, "model.tied=false"))
+    assert all(p.question is not p.passage for p in untied)
+
+
+def test_loss_setup_weights_follow_the_method(tiny_model_dir):
+    from onmkd.training.train import loss_setup
+
+    expect = {"onmkd": (0.5, 2.0, [1, 2], False), "dml": (0.5, 0.0, [2], False),
+              "dpr": (0.0, 0.0, [2], False), "kd": (0.5, 0.0, [2], True)}
+    for method, (alpha, beta, layers, teacher) in expect.items():
+        one = [] if method in ("onmkd", "dml") else ["model.peers=1"]
+        s = loss_setup(config(tiny_model_dir, f"train.method={method}", "loss.alpha=0.5", "loss.beta=2.0",
+                              "loss.cross_layers=[[1, -1]]", *one), depth=2)
+        assert (s.alpha, s.beta, s.layers_needed, s.teacher) == (alpha, beta, layers, teacher), method
+        assert s.layer_map == [(1, 2)]  # -1 is the students' last layer
+    with pytest.raises(ConfigError, match="loss.cross_layers: layer 2 is beyond the students' 1 layers"):
+        loss_setup(config(tiny_model_dir), depth=1)
+
+
+def test_make_optimizer_warms_up_then_decays_to_zero():
+    from onmkd.training.train import make_optimizer
+
+    class Peer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+    cfg = load_config(None, ["train.lr=1.0", "train.epochs=2", "train.warmup=0.2", "train.weight_decay=0"])
+    peers = [Peer(), Peer()]
+    optimizer, scheduler = make_optimizer(peers, cfg, steps_per_epoch=5)
+    assert len(optimizer.param_groups) == 2  # a group per peer
+    lrs = []
+    for _ in range(10):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8])
+
+
+def test_teacher_vectors_cover_training_questions_and_corpus(tiny_model_dir):
+    from onmkd.training.train import teacher_vectors
+
+    cfg = config(tiny_model_dir, "train.method=kd", "model.peers=1", f'loss.teacher="{tiny_model_dir}"')
+    data = tiny_qa()
+    examples = build_examples(data, cfg)
+    qi, qv, pi, pv = teacher_vectors(cfg, data, examples)
+    assert sorted(qi) == sorted(ex.qid for ex in examples) and sorted(pi) == sorted(data.corpus)
+    assert qv.shape == (len(examples), 32) and pv.shape == (len(data.corpus), 32)
+    with pytest.raises(ConfigError, match="loss.teacher"):
+        teacher_vectors(config(tiny_model_dir, 'loss.teacher="no-such-teacher-folder"'), data, examples)
+
+
+def test_method_table_drives_validation_and_baselines(tiny_model_dir):
+    from onmkd.training.methods import METHODS, as_method, loss_weights, methods_help
+
+    assert methods_help() == ("onmkd, dml (onmkd without the cross-wise term), dpr (NLL alone, one student) "
+                              "or kd (offline distillation from loss.teacher)")
+    cfg = config(tiny_model_dir, "loss.alpha=0.5", "loss.beta=2.0")
+    assert loss_weights(cfg) == (0.5, 2.0)
+    dml = as_method(cfg, "dml")
+    assert (dml.train.method, dml.loss.beta, dml.loss.alpha, dml.model.peers) == ("dml", 0.0, 0.5, 2)
+    dpr = as_method(cfg, "dpr")
+    assert (dpr.train.method, dpr.model.peers, dpr.model.peer, dpr.loss) == ("dpr", 1, (cfg.peer_inits()[0],), cfg.loss)
+    assert [m.role for m in METHODS.values()] == ["onmkd", "same-depth baseline", "same-depth baseline", "same-depth baseline"]
+    with pytest.raises(ConfigError, match="model.peers: dml needs at least 2 peers, got 1"):
+        config(tiny_model_dir, "train.method=dml", "model.peers=1")
+    with pytest.raises(ConfigError, match="model.peers: kd trains one student; set model.peers = 1 \\(got 2\\)"):
+        config(tiny_model_dir, "train.method=kd")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from onmkd.errors import DataError
+from onmkd.io import first_clause, parse_text
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -152,21 +153,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     for lineno, line in iter_lines(path):
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})") from None
-        except RecursionError:
-            raise DataError(f"{path}:{lineno}: invalid JSON (nested too deeply)") from None
-        except ValueError as exc:  # a number beyond int's digit limit
-            raise DataError(f"{path}:{lineno}: invalid JSON ({_first_clause(exc)})") from None
-        yield lineno, value
-
-
-def _first_clause(exc: Exception) -> str:
-    """The start of an exception's message, up to its first colon or line end."""
-    text = str(exc).split(":", 1)[0].splitlines()
-    return text[0] if text and text[0] else type(exc).__name__
+        yield lineno, parse_text(json.loads, line, f"{path}:{lineno}", DataError)
 
 
 def _zip_member(path: Path) -> tuple[str, bytes]:
@@ -184,10 +171,10 @@ def _zip_member(path: Path) -> tuple[str, bytes]:
     except DataError:
         raise
     except zipfile.BadZipFile as exc:
-        raise DataError(f"{path}: not a valid zip archive ({_first_clause(exc)})") from None
+        raise DataError(f"{path}: not a valid zip archive ({first_clause(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt archive raises many kinds (OSError, EOFError,
         # zlib.error, lzma.LZMAError, NotImplementedError for an unknown method, RuntimeError if encrypted, ...)
-        raise DataError(f"{path}: cannot read the zip archive ({type(exc).__name__}: {_first_clause(exc)})") from None
+        raise DataError(f"{path}: cannot read the zip archive ({type(exc).__name__}: {first_clause(exc)})") from None
 
 
 def read_json(path: Path) -> tuple[str, Any]:
@@ -220,14 +207,7 @@ def read_json(path: Path) -> tuple[str, Any]:
         text = text[1:]
     if not text.strip():
         raise DataError(f"{name}: empty file (expected JSON)")
-    try:
-        return name, json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{name}:{exc.lineno}: invalid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})") from None
-    except RecursionError:
-        raise DataError(f"{name}: invalid JSON (nested too deeply)") from None
-    except ValueError as exc:  # a number beyond int's digit limit
-        raise DataError(f"{name}: invalid JSON ({_first_clause(exc)})") from None
+    return name, parse_text(json.loads, text, name, DataError, line=True)
 
 
 # --------------------------------------------------------------------------- fields

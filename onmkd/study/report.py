@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from onmkd.training.methods import METHODS, method_label, method_role
+
 # Column order and number formats of the metrics table; absent metrics are left out.
 METRIC_COLUMNS = [
     ("acc@1", "{:.3f}"), ("acc@5", "{:.3f}"), ("acc@20", "{:.3f}"), ("acc@100", "{:.3f}"),
@@ -75,7 +77,7 @@ RESULT_METRICS = ["acc@1", "acc@5", "acc@20", "acc@100", "recall@1", "recall@5",
                   "mrr@10", "ndcg@10", "params_m", "checkpoint_mb", "index_mb", "query_ms_p50", "query_ms_p95",
                   "query_ms_p99", "passages_per_s", "peak_rss_mb"]
 ROLES = ["teacher", "small baseline", "lexical", "reference", "same-depth baseline", "onmkd", "ablation", "trial"]
-METHOD_NAMES = {"onmkd": "OnMKD", "dml": "DML", "dpr": "DPR", "kd": "KD"}
+METHOD_NAMES = {m.name: m.label for m in METHODS.values()}
 
 
 def _read_json(path):
@@ -96,8 +98,8 @@ def _training_rows(run_dir) -> list[dict]:
     run_dir = Path(run_dir)
     cfg = _read_json(run_dir / "config.json")
     method, layers, seed = cfg["train"]["method"], cfg["model"]["layers"], cfg["train"]["seed"]
-    base = {"run": str(run_dir), "label": f"{METHOD_NAMES.get(method, method)} ({layers} layer{'s' if layers != 1 else ''})",
-            "role": "onmkd" if method == "onmkd" else "same-depth baseline", "method": method,
+    base = {"run": str(run_dir), "label": f"{method_label(method)} ({layers} layer{'s' if layers != 1 else ''})",
+            "role": method_role(method), "method": method,
             "layers": layers, "seed": seed, "dataset": cfg["data"]["dataset"], "stage": ""}
     rows = []
     if (run_dir / "metrics.json").exists():
@@ -356,8 +358,8 @@ def build_report(dirs, out, *, command: str = "", reference: str | None = None, 
     """
     from pathlib import Path
 
-    from onmkd import figures
     from onmkd.io import write_text
+    from onmkd.study import figures
 
     out = Path(out)
     df = collect(dirs)
@@ -371,21 +373,41 @@ def build_report(dirs, out, *, command: str = "", reference: str | None = None, 
         write_text(out / name, body)
         written.append(out / name)
 
-    with_csv = df.copy()
-    text("results.csv", with_csv.to_csv(index=False))
+    text("results.csv", df.copy().to_csv(index=False))
     split = "test" if (df["split"] == "test").any() else df["split"].iloc[0]
+    reference = _reference_label(dirs, df, split, reference)
+    index = _readme_head(dirs, command)
+    for name, (table, caption) in _tables(df, split, reference).items():
+        if table.empty:
+            continue
+        md = table.to_markdown(index=False, disable_numparse=True)
+        text(f"table_{name}.md", f"{caption}\n\n{md}\n")
+        text(f"table_{name}.tex", to_latex(table, caption))
+        index += [f"## {name}", "", caption, "", md, ""]
+    for name, fig in _figures(df, dirs, split, reference).items():
+        if fig is not None:
+            written += figures.save(fig, out / "figures" / name)
+            index += [f"![{name}](figures/{name}.png)", ""]
+    text("README.md", "\n".join(index) + "\n")
+    log(f"report: {len(written)} files in {out}")
+    return written
+
+
+def _reference_label(dirs, df: pd.DataFrame, split: str, reference: str | None) -> str | None:
+    """The full method's label for the ablation table: as given, else a manifest's, else the first OnMKD label."""
+    from pathlib import Path
+
     for d in dirs:
         if reference is None and (Path(d) / "manifest.json").exists():
             reference = _read_json(Path(d) / "manifest.json").get("reference")
     onmkd_labels = df[(df["split"] == split) & (df["role"] == "onmkd")]["label"].unique()
-    reference = reference or (onmkd_labels[0] if len(onmkd_labels) else None)
-    tables = {
-        "main": (main_table(df, split), f"Retrieval quality and efficiency on the {split} split: mean ± std over n seeds; "
-                 "speed-up and compression against the teacher."),
-        "layers": (layers_table(df, split), f"{primary(df)} on the {split} split against the number of transformer layers."),
-        "ablation": (ablation_table(df, split, reference), f"Ablations on the {split} split against {reference}."),
-        "trials_by_layers": (trials_by_layers(df), "Sweep trials on the dev split per layer count (selection data, not test results)."),
-    }
+    return reference or (onmkd_labels[0] if len(onmkd_labels) else None)
+
+
+def _readme_head(dirs, command: str) -> list[str]:
+    """The report README's first lines: the command, the sources and what each manifest's runs are."""
+    from pathlib import Path
+
     index = ["# Report", "", f"Made by: `{command}`" if command else "", "",
              f"Sources: {', '.join(map(str, dirs))}. `results.csv` holds every run's numbers (a row per run and "
              "split, with the metrics.json or trial it came from); tables show mean ± std over n seeds (sample std).", ""]
@@ -400,26 +422,39 @@ def build_report(dirs, out, *, command: str = "", reference: str | None = None, 
             elif m.get("kind") == "paper":
                 index += [f"**{d}: paper plan {m.get('plan', '')}**, seeds {m.get('seeds')}; checkpoints selected "
                           f"on dev, evaluated once on the {m.get('split', 'test')} split.", ""]
-    for name, (table, caption) in tables.items():
-        if table.empty:
-            continue
-        md = table.to_markdown(index=False, disable_numparse=True)
-        text(f"table_{name}.md", f"{caption}\n\n{md}\n")
-        text(f"table_{name}.tex", to_latex(table, caption))
-        index += [f"## {name}", "", caption, "", md, ""]
+    return index
+
+
+def _tables(df: pd.DataFrame, split: str, reference: str | None) -> dict:
+    """name -> (table, caption) of every table of the report (an empty table is left out)."""
+    return {
+        "main": (main_table(df, split), f"Retrieval quality and efficiency on the {split} split: mean ± std over n seeds; "
+                 "speed-up and compression against the teacher."),
+        "layers": (layers_table(df, split), f"{primary(df)} on the {split} split against the number of transformer layers."),
+        "ablation": (ablation_table(df, split, reference), f"Ablations on the {split} split against {reference}."),
+        "trials_by_layers": (trials_by_layers(df), "Sweep trials on the dev split per layer count (selection data, not test results)."),
+    }
+
+
+def _figures(df: pd.DataFrame, dirs, split: str, reference: str | None) -> dict:
+    """name -> Figure (or None) of every figure of the report, the Optuna ones for each study directory."""
+    from pathlib import Path
+
+    from onmkd.study import figures
+
     metric = primary(df)
     recall = "recall@20" if df["recall@20"].notna().any() else metric
     main_rows = _table_rows(df, "main", split)
     layer_rows = _table_rows(df, "layers", split)
     if (layer_rows["table"] == "layers").any():  # the teachers as reference lines
         layer_rows = pd.concat([layer_rows, main_rows[main_rows["role"] == "teacher"]])
+    trials = df[df["role"] == "trial"]
     figs = {
         "recall_latency": figures.recall_latency(main_rows[main_rows["role"].isin(ROLES[:6])], metric=recall, split=split),
         "metric_by_layers": figures.metric_by_layers(layer_rows[layer_rows["role"].isin(ROLES[:6])], metric=metric, split=split),
         "ablation": figures.ablation_bars(_table_rows(df, "ablation", split).query("role == 'ablation'"), metric=metric,
                                           split=split, reference=reference),
-        "trials_recall_latency": figures.recall_latency(df[df["role"] == "trial"], metric=recall,
-                                                        split=df[df["role"] == "trial"]["split"].iloc[0]) if (df["role"] == "trial").any() else None,
+        "trials_recall_latency": figures.recall_latency(trials, metric=recall, split=trials["split"].iloc[0]) if len(trials) else None,
     }
     for d in dirs:
         info = Path(d) / "study.json"
@@ -428,10 +463,4 @@ def build_report(dirs, out, *, command: str = "", reference: str | None = None, 
             target = f"dev {_read_json(info)['objectives'][0]}"
             figs["optuna_history"] = figures.optuna_history(study, target_name=target)
             figs["optuna_importances"] = figures.optuna_importances(study, target_name=target)
-    for name, fig in figs.items():
-        if fig is not None:
-            written += figures.save(fig, out / "figures" / name)
-            index += [f"![{name}](figures/{name}.png)", ""]
-    text("README.md", "\n".join(index) + "\n")
-    log(f"report: {len(written)} files in {out}")
-    return written
+    return figs

@@ -24,7 +24,6 @@ was killed and resumed draws the same params as one that ran through.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -37,8 +36,11 @@ from typing import Any, Callable
 
 from onmkd.config import PeerInit, RunConfig
 from onmkd.errors import ConfigError
-from onmkd.io import safe_name, write_json, write_text
-from onmkd.space import Space, config_hash
+from onmkd.io import write_json, write_text
+from onmkd.study.runs import test_evaluate  # noqa: F401 - importable from here as before
+from onmkd.study.space import Space, config_hash
+from onmkd.training.methods import METHODS, as_method
+from onmkd.training.methods import as_method as baseline_config  # noqa: F401 - its name here before methods.py
 
 MANIFEST = "manifest.json"
 
@@ -299,7 +301,7 @@ class Objective:
 
     def __call__(self, trial) -> float | tuple[float, ...]:
         optuna = _optuna()
-        from onmkd.train import train
+        from onmkd.training.train import train
 
         trial.set_user_attr("worker", _worker())
         trial.set_user_attr("interrupted", False)  # a retried trial inherits its original's attributes
@@ -353,8 +355,8 @@ def _short(v: Any) -> str:
 
 def measure_student(run: Path, data, cfg: RunConfig, n: int) -> dict:
     """Parameters, checkpoint size and batch-1 query latency of a run's student on dev questions."""
-    from onmkd.evaluate import load_retriever
-    from onmkd.profile import efficiency
+    from onmkd.retrieval.evaluate import load_retriever
+    from onmkd.study.profile import efficiency
 
     dual = load_retriever(str(run))
     split = data.split(cfg.data.dev_split)
@@ -455,104 +457,79 @@ def best_trials(study, space: Space) -> list:
     return chosen[:top]
 
 
-def baseline_config(cfg: RunConfig, method: str) -> RunConfig:
-    """A same-depth baseline trained like ``cfg``: one student from the first peer's init (dpr, kd), or dml."""
-    if method == "dml":
-        return replace(cfg, loss=replace(cfg.loss, beta=0.0), train=replace(cfg.train, method="dml"))
-    first = cfg.peer_inits()[0]
-    return replace(cfg, model=replace(cfg.model, peers=1, peer=(first,)), train=replace(cfg.train, method=method))
-
-
-def test_evaluate(model: str, out: Path, data, cfg: RunConfig, split: str, latency_queries: int, retriever=None,
-                  remeasure: bool = False) -> dict:
-    """Evaluate on ``split`` with the run's lengths; efficiency in the same metrics.json. Kept when done.
-
-    ``remeasure``: keep the retrieval metrics of a finished evaluation but measure its efficiency
-    (size, latency) again, e.g. on a quiet machine after runs that shared it.
-    """
-    from onmkd.evaluate import EvalConfig, evaluate, load_retriever
-    from onmkd.profile import efficiency
-
-    path = out / "metrics.json"
-    if path.exists():
-        m = json.loads(path.read_text())
-        if model != "bm25" and "query_ms_p50" in m and remeasure:
-            questions = list(data.split(split).queries.values())
-            m.update(efficiency(retriever or load_retriever(model), questions, q_max_len=cfg.data.q_max_len,
-                                n_latency=latency_queries))
-            write_json(path, m)
-            return m
-        if model == "bm25" or "query_ms_p50" in m:
-            return m
-    d = cfg.data
-    ecfg = EvalConfig(model=model, dataset=d.dataset, split=split, q_max_len=d.q_max_len, p_max_len=d.p_max_len,
-                      titles=d.titles, batch_size=cfg.train.eval_batch_size)
-    if model != "bm25" and retriever is None:
-        retriever = load_retriever(model)
-    questions = list(data.split(split).queries.values())
-    extra = None if model == "bm25" else (lambda dual: efficiency(dual, questions, q_max_len=d.q_max_len, n_latency=latency_queries))
-    evaluate(ecfg, data, out_dir=out, retriever=retriever, extra=extra)
-    return json.loads(path.read_text())
-
-
 def final_step(space: Space, study, study_dir: Path, data, log=print) -> list[dict]:
     """Train the chosen configs with the final seeds beside same-depth baselines; evaluate all on test."""
-    from onmkd.models import REGISTRY
-    from onmkd.peers import DualEncoder, build_peer
-    from onmkd.train import train
+    from onmkd.config import from_dict
 
-    f, n_lat = space.final, space.study.latency_queries
     chosen = best_trials(study, space)
     if not chosen:
         log("final step: no complete trial to carry forward")
     entries: list[dict] = []
-    from onmkd.config import from_dict
-
-    def train_eval(cfg: RunConfig, label: str, role: str, **info) -> None:
-        run = study_dir / "runs" / config_hash(cfg)
-        log(f"final: {label}, seed {cfg.train.seed} -> {run.relative_to(study_dir)}")
-        train(cfg, run, data, log=lambda m: None)
-        test_evaluate(str(run), run / f.split, data, cfg, f.split, n_lat)
-        entries.append({"path": str((run / f.split).relative_to(study_dir)), "label": label, "role": role,
-                        "method": cfg.train.method, "layers": cfg.model.layers, "seed": cfg.train.seed,
-                        "split": f.split, "stage": "final", **info})
-
-    ref_cfg = None
     for rank, t in enumerate(chosen, 1):
         cfg = from_dict(t.user_attrs["config"])
-        ref_cfg = ref_cfg or cfg
-        n = cfg.model.layers
         tag = f" #{rank}" if len(chosen) > 1 else ""
-        for seed in f.seeds:
-            seeded = replace(cfg, train=replace(cfg.train, seed=seed))
-            train_eval(seeded, f"OnMKD{tag} ({n} layer{'s' if n != 1 else ''})", "onmkd", trial=t.number)
-            for method in f.baselines:
-                train_eval(baseline_config(seeded, method), f"{method.upper()}{tag} ({n} layer{'s' if n != 1 else ''})",
-                           "same-depth baseline", trial=t.number)
-        if f.reference:
-            init = cfg.peer_inits()[0]
-            out = study_dir / "baselines" / f"untrained-{config_hash(cfg)}"
-            if not (out / "student").exists():
-                enc, _ = build_peer(init, layers=n, pooling=cfg.model.pooling, normalize=cfg.model.normalize,
-                                    seed=0, field="model.peer[0]")
-                DualEncoder(enc.eval()).save(out / "student", {"note": f"untrained truncation of {init.checkpoint}"})
-            test_evaluate(str(out), out / f.split, data, cfg, f.split, n_lat)
-            entries.append({"path": str((out / f.split).relative_to(study_dir)), "label": f"untrained{tag} ({n} layer{'s' if n != 1 else ''})",
-                            "role": "reference", "method": "encoder", "layers": n, "seed": None, "split": f.split,
-                            "stage": "final"})
-    eval_cfg = ref_cfg or space.config({})
-    for name in f.encoders:
-        out = study_dir / "baselines" / safe_name(name)
-        log(f"final: {name} as it is -> {out.relative_to(study_dir)}")
-        test_evaluate(name, out, data, eval_cfg, f.split, n_lat)
-        ck = REGISTRY.get(name)
-        role = "lexical" if name == "bm25" else ({"teacher": "teacher"}.get(ck.role, "small baseline") if ck else "small baseline")
-        entries.append({"path": str(out.relative_to(study_dir)), "label": Path(name).name if Path(name).exists() else name, "role": role,
-                        "method": "bm25" if name == "bm25" else "encoder", "layers": ck.layers if ck else None,
-                        "seed": None, "split": f.split, "stage": "final"})
-    write_json(study_dir / MANIFEST, {"kind": "sweep", "study": study.study_name, "split": f.split,
+        entries += _final_runs(space, cfg, tag, t.number, study_dir, data, log)
+        if space.final.reference:
+            entries.append(_untrained_reference(space, cfg, tag, study_dir, data))
+    entries += _encoders_as_released(space, chosen, study_dir, data, log)
+    write_json(study_dir / MANIFEST, {"kind": "sweep", "study": study.study_name, "split": space.final.split,
                                       "selection": "dev", "runs": entries})
     return entries
+
+
+def _layers(n: int) -> str:
+    return f"({n} layer{'s' if n != 1 else ''})"
+
+
+def _final_runs(space: Space, cfg: RunConfig, tag: str, trial: int, study_dir: Path, data, log) -> list[dict]:
+    """A chosen trial's config with every final seed, each beside its same-depth baselines."""
+    from onmkd.study.runs import run_dir, train_and_test
+
+    f = space.final
+    rows = []
+
+    def run(c: RunConfig, label: str, role: str) -> None:
+        log(f"final: {label}, seed {c.train.seed} -> {run_dir(study_dir, c).relative_to(study_dir)}")
+        rows.append(train_and_test(c, study_dir, data, f.split, label=label, role=role, stage="final",
+                                   latency_queries=space.study.latency_queries, extra={"trial": trial}))
+
+    for seed in f.seeds:
+        seeded = replace(cfg, train=replace(cfg.train, seed=seed))
+        run(seeded, f"OnMKD{tag} {_layers(cfg.model.layers)}", "onmkd")
+        for method in f.baselines:
+            run(as_method(seeded, method), f"{METHODS[method].label}{tag} {_layers(cfg.model.layers)}", "same-depth baseline")
+    return rows
+
+
+def _untrained_reference(space: Space, cfg: RunConfig, tag: str, study_dir: Path, data) -> dict:
+    """The untrained truncation of the config's first peer, evaluated as a reference point."""
+    from onmkd.study.runs import evaluate_folder
+    from onmkd.retrieval.dual import DualEncoder
+    from onmkd.training.peers import build_peer
+
+    init, n = cfg.peer_inits()[0], cfg.model.layers
+    out = study_dir / "baselines" / f"untrained-{config_hash(cfg)}"
+    if not (out / "student").exists():
+        enc, _ = build_peer(init, layers=n, pooling=cfg.model.pooling, normalize=cfg.model.normalize,
+                            seed=0, field="model.peer[0]")
+        DualEncoder(enc.eval()).save(out / "student", {"note": f"untrained truncation of {init.checkpoint}"})
+    return evaluate_folder(str(out), out, study_dir, data, cfg, space.final.split, label=f"untrained{tag} {_layers(n)}",
+                           role="reference", stage="final", latency_queries=space.study.latency_queries, layers=n)
+
+
+def _encoders_as_released(space: Space, chosen: list, study_dir: Path, data, log) -> list[dict]:
+    """``final.encoders`` evaluated as released, with the lengths of the best config (else the space's)."""
+    from onmkd.config import from_dict
+    from onmkd.study.runs import encoder_dir, evaluate_encoder
+
+    eval_cfg = from_dict(chosen[0].user_attrs["config"]) if chosen else space.config({})
+    rows = []
+    for name in space.final.encoders:
+        log(f"final: {name} as it is -> {encoder_dir(study_dir, name).relative_to(study_dir)}")
+        rows.append(evaluate_encoder(name, study_dir, data, eval_cfg, space.final.split,
+                                     label=Path(name).name if Path(name).exists() else name, stage="final",
+                                     latency_queries=space.study.latency_queries))
+    return rows
 
 
 def sweep(space: Space, study_dir: Path, *, storage: str | None = None, n_trials: int | None = None,
@@ -570,7 +547,7 @@ def sweep(space: Space, study_dir: Path, *, storage: str | None = None, n_trials
     if final and space.final.split in (cfg0.data.dev_split, cfg0.data.train_split):
         raise ConfigError(f"final.split: {space.final.split!r} is also the train or dev split; the final step needs unseen questions")
     data = load_dataset(cfg0.data.dataset)
-    from onmkd.train import hold_out_dev
+    from onmkd.training.train import hold_out_dev
 
     data = hold_out_dev(data, cfg0)
     data.split(cfg0.data.dev_split)
@@ -592,7 +569,7 @@ def sweep(space: Space, study_dir: Path, *, storage: str | None = None, n_trials
             else:
                 log(f"final step skipped: the data set has no {space.final.split!r} split")
     if report:
-        from onmkd.report import build_report
+        from onmkd.study.report import build_report
 
         build_report([study_dir], study_dir / "report", log=log)
     return study_dir

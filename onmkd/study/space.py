@@ -34,6 +34,7 @@ from typing import Any
 from onmkd.config import RunConfig, _coerce, from_dict, load_config, read_toml
 from onmkd.errors import ConfigError
 from onmkd.io import check_component
+from onmkd.training.methods import METHODS
 
 SECTIONS = ("study", "base", "fixed", "params", "final")
 PARAM_KEYS = {"float": {"type", "low", "high", "log", "step", "when"},
@@ -42,7 +43,10 @@ PARAM_KEYS = {"float": {"type", "low", "high", "log", "step", "when"},
 # Objectives besides dev metrics: measured on the trial's selected student (lower is better).
 COST_OBJECTIVES = ("query_ms_p50", "params_m", "checkpoint_mb")
 METRIC_RE = re.compile(r"^(acc|recall)@\d+$|^(mrr|ndcg)@\d+$")
-METHODS_FINAL = ("dpr", "kd", "dml")
+# The methods a final step may train beside OnMKD as same-depth baselines: every other method of the table.
+METHODS_FINAL = tuple(name for name, m in METHODS.items() if m.role != "onmkd")
+# The bundled search spaces are package data of ``onmkd`` (pyproject: "onmkd" = ["spaces/*.toml"]).
+DEFAULT_SPACE = Path(__file__).parent.parent / "spaces" / "default.toml"
 
 
 @dataclass(frozen=True)
@@ -279,7 +283,7 @@ def _param(path: str, raw: Any, where: str) -> Param:
 
 def load_space(path: str | Path | None = None) -> Space:
     """Read and check a search space (the bundled default when ``path`` is None)."""
-    p = Path(path) if path is not None else Path(__file__).parent / "spaces" / "default.toml"
+    p = Path(path) if path is not None else DEFAULT_SPACE
     text, raw = read_toml(p, "search-space")
     src = str(p)
     _check_keys(raw, SECTIONS, src)
@@ -354,7 +358,7 @@ def _validated(tree: dict, where: str) -> RunConfig:
         cfg = from_dict(copy.deepcopy(tree))
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    from onmkd.models import REGISTRY
+    from onmkd.retrieval.models import REGISTRY
 
     for k, init in enumerate(cfg.peer_inits()):
         ck = REGISTRY.get(init.checkpoint)

@@ -93,7 +93,7 @@ def query_latency(encoder, texts: Sequence[str], *, max_length: int = 64, n: int
     """Query-encoding latency at batch 1, tokenisation included: p50/p95/p99 in ms.
 
     The first ``warmup`` calls are not counted; ``n`` calls cycle over ``texts``. ``encoder``:
-    an :class:`~onmkd.models.Encoder` or a backend of :mod:`onmkd.backends` (its ``infer``).
+    an :class:`~onmkd.retrieval.models.Encoder` or a backend of :mod:`onmkd.retrieval.backends` (its ``infer``).
     ``threads``: intra-op threads during the calls (None: as set). A query of ~15 tokens gives
     each thread microseconds of work per operation, so every operation waits for all threads to be
     scheduled: on this project's 2 cores, shared with other jobs, minilm-l6 took 336 ms per query
@@ -138,14 +138,6 @@ def _timed_encode(encoder, texts: Sequence[str], *, max_length: int, batch_size:
     return vecs, time.perf_counter() - t0, time.process_time() - c0
 
 
-def corpus_throughput(encoder, texts: Sequence[str], *, max_length: int, batch_size: int = 64) -> dict[str, float]:
-    """Passages per second (and real, non-padding tokens per second) encoding ``texts``."""
-    lengths = token_lengths(encoder, texts, max_length)
-    _, seconds, _ = _timed_encode(encoder, texts, max_length=max_length, batch_size=batch_size)
-    return {"passages_per_s": len(texts) / seconds, "tokens_per_s": float(lengths.sum()) / seconds,
-            "mean_passage_tokens": float(np.mean(lengths)), "encode_s": seconds}
-
-
 def efficiency(dual, questions: Sequence[str], *, q_max_len: int = 64, n_latency: int = 200,
                query_threads: int | None = 1) -> dict[str, float]:
     """Size and query latency of a dual encoder: the sweep's and the report's efficiency columns.
@@ -162,7 +154,7 @@ def checkpoint_mb_int8(dual) -> float | None:
     """MB of the used weights after int8 dynamic quantisation of the linear layers (written and
     measured with ``torch.save``: int8 weights with per-channel scales, the rest fp32), or
     ``None`` where this PyTorch build cannot quantise."""
-    from onmkd.backends import quantize_int8
+    from onmkd.retrieval.backends import quantize_int8
     from onmkd.errors import ModelError
 
     total = 0
@@ -207,7 +199,7 @@ def matmul_peak_gflops(shapes: Sequence[tuple[int, int, int]] | None = None, *, 
             w = torch.randn(n, k, generator=g).to(device)  # [out, in], as a linear layer stores it
             kernels = [lambda: torch.mm(a, w.t())]
             if device.type == "cpu":
-                from onmkd.fastpath import _mkldnn_linear_ok
+                from onmkd.retrieval.fastpath import _mkldnn_linear_ok
 
                 if _mkldnn_linear_ok():
                     kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], ""))
@@ -246,7 +238,7 @@ def encoder_flops(encoder, token_lengths):
     pooling (O(n·h) each, about 1 % of the total) are left out, as is the pooler head, which
     retrieval does not use. Padding tokens are not counted: the rate this gives is useful work.
 
-    ``encoder``: an :class:`~onmkd.models.Encoder`, a backend, a transformers model or config.
+    ``encoder``: an :class:`~onmkd.retrieval.models.Encoder`, a backend, a transformers model or config.
     ``token_lengths``: one length (returns a float) or a sequence (returns an array, one per passage).
     """
     cfg = _encoder_config(encoder)
@@ -263,9 +255,9 @@ def profile_retriever(model_or_dual, data, split: str = "test", *, q_max_len: in
     """Every efficiency figure of a retriever on one data set, as one flat dict.
 
     ``model_or_dual``: a registry name, checkpoint folder or training run directory (loaded with
-    :func:`onmkd.evaluate.load_retriever`) or an already built dual encoder. The passages of
+    :func:`onmkd.retrieval.evaluate.load_retriever`) or an already built dual encoder. The passages of
     ``data`` (the first ``max_passages`` when given) are encoded once on ``backend``; that pass
-    gives the throughput and the vectors the ``index`` (an :class:`~onmkd.index.IndexSpec`) is
+    gives the throughput and the vectors the ``index`` (an :class:`~onmkd.retrieval.index.IndexSpec`) is
     built from. The questions of ``split`` give the latencies, one question at a time with
     ``query_threads`` intra-op threads (1 by default: a serving worker per core; None: all of
     PyTorch's threads, as corpus encoding uses).
@@ -284,10 +276,10 @@ def profile_retriever(model_or_dual, data, split: str = "test", *, q_max_len: in
     now, or ``peak_gflops`` when given), ``peak_fraction`` (their ratio; None for the int8
     backends, whose rate is fp32-equivalent work done in int8); and the settings used.
     """
-    from onmkd.backends import check_backend, dual_with_backend
+    from onmkd.retrieval.backends import check_backend, dual_with_backend
     from onmkd.data import passage_text
-    from onmkd.evaluate import load_retriever
-    from onmkd.index import IndexSpec, build_index, index_bytes, search
+    from onmkd.retrieval.evaluate import load_retriever
+    from onmkd.retrieval.index import IndexSpec, build_index, index_bytes, search
     from onmkd.runtime import resolve_device
 
     check_backend(backend, "--backend")

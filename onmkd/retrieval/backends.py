@@ -1,12 +1,12 @@
 """Inference backends for a trained encoder: PyTorch fp32, int8 dynamic quantisation, ONNX Runtime.
 
-Every backend gives an object with the :class:`~onmkd.models.Encoder` inference contract:
+Every backend gives an object with the :class:`~onmkd.retrieval.models.Encoder` inference contract:
 ``encode(texts, *, max_length, batch_size, progress=False, desc=...)`` (length-sorted batches,
-:func:`onmkd.models.encode_sorted`), ``tokenize(texts, max_length)``, ``infer(input_ids,
+:func:`onmkd.retrieval.models.encode_sorted`), ``tokenize(texts, max_length)``, ``infer(input_ids,
 attention_mask) -> [B, H]``, ``fingerprint()`` (which names the backend, so encoded-corpus caches
 keep backends apart), ``dim``, ``name``, ``device``. Evaluation and profiling take any of them.
 
-- ``torch``: the encoder itself, fp32 (on the CPU its fused forward, :mod:`onmkd.fastpath`).
+- ``torch``: the encoder itself, fp32 (on the CPU its fused forward, :mod:`onmkd.retrieval.fastpath`).
 - ``int8``: PyTorch dynamic quantisation of every ``nn.Linear``: int8 weights with one scale per
   output channel, activations quantised per batch. Per-tensor weight scales (torch's default)
   cost MiniLM about 0.07 cosine on some passages; per-channel scales and, on CPUs with VNNI
@@ -138,7 +138,7 @@ class InferenceEncoder:
 
     def encode(self, texts: Sequence[str], *, max_length: int, batch_size: int = 64, progress: bool = False,
                desc: str = "encode") -> np.ndarray:
-        from onmkd.models import encode_sorted
+        from onmkd.retrieval.models import encode_sorted
 
         return encode_sorted(self.tokenizer, texts, self.infer, dim=self.dim, max_length=max_length,
                              batch_size=batch_size, progress=progress, desc=desc)
@@ -410,7 +410,7 @@ class BackendDual:
 
 
 def dual_with_backend(dual, backend: str):
-    """A :class:`~onmkd.peers.DualEncoder` on ``backend`` (the dual itself for ``torch``)."""
+    """A :class:`~onmkd.training.peers.DualEncoder` on ``backend`` (the dual itself for ``torch``)."""
     check_backend(backend)
     if backend == "torch":
         return dual

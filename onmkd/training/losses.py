@@ -44,6 +44,7 @@ __all__ = [
     "mutual_kl_multi",
     "cross_wise",
     "cross_wise_pair",
+    "cross_wise_multi",
     "offline_kd",
     "onmkd_total",
 ]
@@ -257,6 +258,68 @@ def cross_wise_pair(
     )
 
 
+def _layer(vectors: Mapping[int, torch.Tensor], layer: int, peer: int, side: str) -> torch.Tensor:
+    try:
+        return vectors[layer]
+    except (KeyError, TypeError):
+        have = sorted(vectors) if isinstance(vectors, Mapping) else type(vectors).__name__
+        raise ValueError(f"{side}_layers[{peer}] has no layer {layer!r} (it has {have})") from None
+
+
+def _check_layer_map(layer_map: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    pairs = [tuple(m) for m in layer_map]
+    if not pairs or any(len(m) != 2 for m in pairs):
+        raise ValueError(f"layer_map must be a non-empty list of (layer_of_a, layer_of_b) pairs, got {layer_map!r}")
+    return pairs
+
+
+def cross_wise_multi(
+    q_layers: Sequence[Mapping[int, torch.Tensor]],
+    p_layers: Sequence[Mapping[int, torch.Tensor]],
+    index: int,
+    labels: torch.Tensor,
+    tau_c: float,
+    layer_map: Sequence[tuple[int, int]],
+    detach: bool = False,
+) -> torch.Tensor:
+    r"""Cross-wise term of peer ``index`` among ``K >= 2`` peers: the mean, over every other peer
+    ``j`` and every pair ``(l_a, l_b)`` of ``layer_map``, of :func:`cross_wise_pair` of peer
+    ``k = index`` at layer ``l_a`` with peer ``j`` at layer ``l_b``.
+
+    .. math::
+        L_{cross}(k) = \frac{1}{(K-1)\,|M|} \sum_{j \ne k} \sum_{(l_a, l_b) \in M}
+            \tfrac12 \left( L_{cw}(q_k^{l_a}, p_j^{l_b}) + L_{cw}(q_j^{l_b}, p_k^{l_a}) \right)
+
+    ``detach=True``: the other peers' vectors (``q_j`` and ``p_j``) are constants, so the term's
+    gradient reaches only peer ``k``. ``detach=False`` (default): it reaches peer ``j`` too.
+
+    Shapes: ``q_layers[k]`` ``{layer: [B, H]}``, ``p_layers[k]`` ``{layer: [C, H]}`` for each of
+    the ``K`` peers; ``labels`` ``[B]``; ``layer_map`` a list of ``(layer_of_a, layer_of_b)``.
+    Returns a scalar tensor. ``ValueError`` when ``K < 2``, ``index`` is not in ``[0, K)``, the
+    map is empty or a peer lacks a layer of the map.
+    """
+    k_peers = len(q_layers)
+    if k_peers < 2 or len(p_layers) != k_peers:
+        raise ValueError(f"cross_wise_multi needs at least 2 peers' vectors, got {len(q_layers)} q_layers and {len(p_layers)} p_layers")
+    if not -k_peers <= index < k_peers:
+        raise ValueError(f"index {index} is out of range for {k_peers} peers")
+    k = index % k_peers
+    pairs = _check_layer_map(layer_map)
+    terms = []
+    for j in range(k_peers):
+        if j == k:
+            continue
+        for la, lb in pairs:
+            q_k = _layer(q_layers[k], la, k, "q")
+            p_k = _layer(p_layers[k], la, k, "p")
+            q_j = _layer(q_layers[j], lb, j, "q")
+            p_j = _layer(p_layers[j], lb, j, "p")
+            if detach:
+                q_j, p_j = q_j.detach(), p_j.detach()
+            terms.append(cross_wise_pair(q_k, p_k, q_j, p_j, labels, tau_c))
+    return torch.stack(terms).mean()
+
+
 def offline_kd(
     student_scores: torch.Tensor,
     teacher_scores: torch.Tensor,
@@ -279,14 +342,6 @@ def offline_kd(
 
 
 # --------------------------------------------------------------------------- total
-
-
-def _layer(vectors: Mapping[int, torch.Tensor], layer: int, peer: int, side: str) -> torch.Tensor:
-    try:
-        return vectors[layer]
-    except (KeyError, TypeError):
-        have = sorted(vectors) if isinstance(vectors, Mapping) else type(vectors).__name__
-        raise ValueError(f"{side}_layers[{peer}] has no layer {layer!r} (it has {have})") from None
 
 
 def onmkd_total(
@@ -314,7 +369,8 @@ def onmkd_total(
     - ``L_nll(k) = nll(scores[k], labels, tau)``.
     - ``L_kl(k) = mutual_kl_multi(scores, k, tau, kl_temperature, detach=kl_detach)``: the mean
       over the other peers ``j`` of ``KL(p_j ‖ p_k)`` at temperature ``kl_temperature``.
-    - ``L_cross(k)``: the cross-wise InfoNCE of the ordered pairs ``(a=k, b=j)`` for every other
+    - ``L_cross(k) = cross_wise_multi(q_layers, p_layers, k, labels, tau_c, layer_map,
+      detach=cross_detach)``: the cross-wise InfoNCE of the ordered pairs ``(a=k, b=j)`` for every other
       peer ``j``, with ``layer_map``'s pairs ``(la, lb)`` meaning "layer ``la`` of *a* with
       layer ``lb`` of *b*", both directions, halved:
 
@@ -359,6 +415,25 @@ def onmkd_total(
     ``nll/k``, ``kl/k``, ``cross/k``, ``total/k`` for each peer ``k`` (unweighted term values,
     ``total/k`` weighted), plus ``total`` (the returned loss).
     """
+    use_kl, use_cross = _check_total(scores, q_layers, p_layers, tau=tau, alpha=alpha, beta=beta,
+                                     kl_temperature=kl_temperature, tau_c=tau_c, layer_map=layer_map)
+    alpha, beta = float(alpha), float(beta)
+    total = None
+    logs: dict[str, float] = {}
+    for k in range(len(scores)):
+        l_nll = nll(scores[k], labels, tau)
+        l_kl = mutual_kl_multi(scores, k, tau, kl_temperature, detach=kl_detach) if use_kl else None
+        l_cross = (cross_wise_multi(q_layers, p_layers, k, labels, tau_c, layer_map, detach=cross_detach)
+                   if use_cross else None)
+        peer_total = _weighted(l_nll, alpha, l_kl, beta, l_cross)
+        total = peer_total if total is None else total + peer_total
+        logs.update(_peer_logs(k, l_nll, l_kl, l_cross, peer_total))
+    logs["total"] = float(total.detach())
+    return total, logs
+
+
+def _check_total(scores, q_layers, p_layers, *, tau, alpha, beta, kl_temperature, tau_c, layer_map) -> tuple[bool, bool]:
+    """:func:`onmkd_total`'s checks of its inputs; returns whether the KL and the cross-wise terms are on."""
     k_peers = len(scores)
     if k_peers < 1:
         raise ValueError("onmkd_total needs at least one peer's scores")
@@ -377,46 +452,27 @@ def onmkd_total(
         _check_positive("kl_temperature", kl_temperature)
     if use_cross:
         _check_positive("tau_c", tau_c)
-        pairs = [tuple(m) for m in layer_map]
-        if not pairs or any(len(m) != 2 for m in pairs):
-            raise ValueError(f"layer_map must be a non-empty list of (layer_of_a, layer_of_b) pairs, got {layer_map!r}")
+        _check_layer_map(layer_map)
         if len(q_layers) != k_peers or len(p_layers) != k_peers:
             raise ValueError(
                 f"{k_peers} peers' scores but {len(q_layers)} q_layers and {len(p_layers)} p_layers"
             )
+    return use_kl, use_cross
 
-    total = None
-    logs: dict[str, float] = {}
-    for k in range(k_peers):
-        l_nll = nll(scores[k], labels, tau)
-        peer_total = l_nll
-        l_kl = l_cross = None
-        if use_kl:
-            l_kl = mutual_kl_multi(scores, k, tau, kl_temperature, detach=kl_detach)
-            peer_total = peer_total + alpha * l_kl
-        if use_cross:
-            terms = []
-            for j in range(k_peers):
-                if j == k:
-                    continue
-                for la, lb in pairs:
-                    q_k = _layer(q_layers[k], la, k, "q")
-                    p_k = _layer(p_layers[k], la, k, "p")
-                    q_j = _layer(q_layers[j], lb, j, "q")
-                    p_j = _layer(p_layers[j], lb, j, "p")
-                    if cross_detach:
-                        q_j = q_j.detach()
-                    # cross_wise's own detach covers p_j; q_j is detached above.
-                    terms.append(
-                        0.5 * (cross_wise(q_k, p_j, labels, tau_c, detach=cross_detach)
-                               + cross_wise(q_j, p_k, labels, tau_c, detach=False))
-                    )
-            l_cross = torch.stack(terms).mean()
-            peer_total = peer_total + beta * l_cross
-        total = peer_total if total is None else total + peer_total
-        logs[f"nll/{k}"] = float(l_nll.detach())
-        logs[f"kl/{k}"] = float(l_kl.detach()) if l_kl is not None else 0.0
-        logs[f"cross/{k}"] = float(l_cross.detach()) if l_cross is not None else 0.0
-        logs[f"total/{k}"] = float(peer_total.detach())
-    logs["total"] = float(total.detach())
-    return total, logs
+
+def _weighted(l_nll, alpha: float, l_kl, beta: float, l_cross) -> torch.Tensor:
+    """``L(k) = L_nll + α·L_kl + β·L_cross``, leaving out the terms that are off (None)."""
+    peer_total = l_nll
+    if l_kl is not None:
+        peer_total = peer_total + alpha * l_kl
+    if l_cross is not None:
+        peer_total = peer_total + beta * l_cross
+    return peer_total
+
+
+def _peer_logs(k: int, l_nll, l_kl, l_cross, peer_total) -> dict[str, float]:
+    """Peer ``k``'s logged values: the unweighted terms (0.0 when off) and its weighted total."""
+    return {f"nll/{k}": float(l_nll.detach()),
+            f"kl/{k}": float(l_kl.detach()) if l_kl is not None else 0.0,
+            f"cross/{k}": float(l_cross.detach()) if l_cross is not None else 0.0,
+            f"total/{k}": float(peer_total.detach())}

@@ -18,9 +18,9 @@ import numpy as np
 from onmkd import __version__
 from onmkd.data import Dataset, passage_text
 from onmkd.errors import ConfigError
-from onmkd.index import IndexSpec, build_index, estimate_bytes, index_bytes, search
+from onmkd.retrieval.index import IndexSpec, build_index, estimate_bytes, index_bytes, search
 from onmkd.io import atomic_path, cache_dir, check_component, file_sha256, write_json
-from onmkd.metrics import answer_accuracy, qrels_metrics, rank, write_trec_run
+from onmkd.retrieval.metrics import answer_accuracy, qrels_metrics, rank, write_trec_run
 from onmkd.resources import check_disk, check_memory, human
 
 
@@ -39,14 +39,14 @@ class EvalConfig:
     index: IndexSpec = field(default_factory=IndexSpec)
     cache: bool = True  # reuse encoded corpora by (model, corpus, length) fingerprint
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
-    backend: str = "torch"  # torch (fp32), int8, onnx, onnx-int8 (onmkd.backends; the last three on the CPU)
+    backend: str = "torch"  # torch (fp32), int8, onnx, onnx-int8 (onmkd.retrieval.backends; the last three on the CPU)
 
     def __post_init__(self) -> None:
         for name in ("q_max_len", "p_max_len", "batch_size", "top_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be a positive integer, got {getattr(self, name)}")
         check_component(self.split, "split")  # callers name run folders after it
-        from onmkd.backends import check_backend
+        from onmkd.retrieval.backends import check_backend
 
         check_backend(self.backend)
 
@@ -78,7 +78,7 @@ def encode_cached(encoder, ids: list[str], texts: list[str], max_length: int, ba
 
 
 def _encode_cached(encoder, ids, texts, max_length, batch_size, label, cache):
-    # The fingerprint of a backend (onmkd.backends) names it; the key says it again so that no
+    # The fingerprint of a backend (onmkd.retrieval.backends) names it; the key says it again so that no
     # backend can ever read another's vectors. PyTorch fp32 keeps the key it always had.
     backend = getattr(encoder, "backend", "torch")
     extra = "" if backend == "torch" else f"|{backend}"
@@ -118,15 +118,15 @@ def encode_corpus(encoder, pids: list[str], texts: list[str], cfg: EvalConfig) -
 
 
 def load_retriever(model: str):
-    """A :class:`~onmkd.peers.DualEncoder` for a registry name, checkpoint folder or training run directory."""
-    from onmkd.peers import DualEncoder
+    """A :class:`~onmkd.training.peers.DualEncoder` for a registry name, checkpoint folder or training run directory."""
+    from onmkd.retrieval.dual import DualEncoder
 
     path = Path(model)
     if (path / "student").is_dir():  # a training run: its selected student
         return DualEncoder.load(path / "student")
     if (path / "query").is_dir() and (path / "passage").is_dir():
         return DualEncoder.load(path)
-    from onmkd.models import Encoder
+    from onmkd.retrieval.models import Encoder
 
     return DualEncoder(Encoder.load(model))
 
@@ -141,7 +141,7 @@ def dense_run(qvecs: np.ndarray, pvecs: np.ndarray, qids: list[str], pids: list[
     """Search ``pvecs`` with ``qvecs`` through the configured faiss index.
 
     Returns the run ``{qid: {pid: score}}`` and ``(index_mb, search_ms_per_query)``.
-    Before building, checks that the index fits in memory (:func:`onmkd.index.estimate_bytes`);
+    Before building, checks that the index fits in memory (:func:`onmkd.retrieval.index.estimate_bytes`);
     if not, the message names the command-line alternatives (``build_index`` checks again, in
     index terms, for callers that build indexes themselves).
     """
@@ -166,7 +166,7 @@ def retrieve(cfg: EvalConfig, data: Dataset, retriever=None) -> tuple[dict[str, 
     """Search the whole corpus for every question of ``cfg.split``.
 
     Returns the run ``{qid: {pid: score}}`` (top ``cfg.top_k``) and efficiency measurements.
-    ``retriever``: an already loaded :class:`~onmkd.peers.DualEncoder` (else ``cfg.model`` is loaded).
+    ``retriever``: an already loaded :class:`~onmkd.training.peers.DualEncoder` (else ``cfg.model`` is loaded).
     """
     split = data.split(cfg.split)
     pids = list(data.corpus)
@@ -175,7 +175,7 @@ def retrieve(cfg: EvalConfig, data: Dataset, retriever=None) -> tuple[dict[str, 
     questions = [split.queries[q] for q in qids]
     stats: dict[str, float] = {}
     if cfg.model == "bm25" and retriever is None:
-        from onmkd.bm25 import BM25
+        from onmkd.retrieval.bm25 import BM25
 
         t0 = time.perf_counter()
         bm25 = BM25().index(texts)
@@ -191,7 +191,7 @@ def retrieve(cfg: EvalConfig, data: Dataset, retriever=None) -> tuple[dict[str, 
 
         device = resolve_device(cfg.device, "--device") if cfg.backend == "torch" else "cpu"
         retriever = load_retriever(cfg.model).to(device)
-    from onmkd.backends import dual_with_backend
+    from onmkd.retrieval.backends import dual_with_backend
 
     dual = dual_with_backend(retriever, cfg.backend)
     t0 = time.perf_counter()

@@ -7,16 +7,12 @@ explicit ``list``. ``random`` keeps the architecture and draws fresh weights (a 
 
 from __future__ import annotations
 
-import copy
-import shutil
-from pathlib import Path
-
 import torch
 
 from onmkd.config import PeerInit
 from onmkd.errors import ConfigError, ModelError
-from onmkd.io import write_json
-from onmkd.models import Encoder, remote_code_allowed, resolve
+from onmkd.retrieval.dual import DualEncoder, save_encoder  # noqa: F401 - DualEncoder was defined here
+from onmkd.retrieval.models import Encoder, remote_code_allowed, resolve
 
 
 def select_layers(rule: str, n: int, depth: int, explicit: tuple[int, ...] = ()) -> list[int]:
@@ -99,58 +95,3 @@ def _keep(init: PeerInit, layers: int, depth: int, field: str) -> list[int]:
     except ValueError as e:
         name = f"{field}.layer_list" if init.layer_rule == "list" else "model.layers"
         raise ConfigError(f"{name}: {e} ({init.checkpoint})") from None
-
-
-class DualEncoder(torch.nn.Module):
-    """A question tower and a passage tower; the same module when tied."""
-
-    def __init__(self, question: Encoder, passage: Encoder | None = None):
-        super().__init__()
-        self.question = question
-        self.passage = passage if passage is not None else question
-
-    @property
-    def tied(self) -> bool:
-        return self.passage is self.question
-
-    @classmethod
-    def untie(cls, enc: Encoder) -> "DualEncoder":
-        return cls(enc, copy.deepcopy(enc))
-
-    def save(self, folder: str | Path, meta: dict | None = None) -> None:
-        """Save as a sentence-transformers folder (tied) or ``query/`` + ``passage/`` folders."""
-        from onmkd.resources import check_disk
-
-        folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        towers = [self.question] if self.tied else [self.question, self.passage]
-        need = sum(t.numel() * t.element_size() for enc in towers for t in enc.model.state_dict().values())
-        check_disk(folder.parent, need, f"saving the model to {folder}")  # the old folder goes only after
-        if self.tied:
-            save_encoder(self.question, tmp)
-        else:
-            save_encoder(self.question, tmp / "query")
-            save_encoder(self.passage, tmp / "passage")
-        if meta:
-            write_json(tmp / "onmkd_student.json", meta)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "DualEncoder":
-        folder = Path(folder)
-        if (folder / "query").is_dir():
-            return cls(Encoder.load(str(folder / "query")), Encoder.load(str(folder / "passage")))
-        return cls(Encoder.load(str(folder)))
-
-
-def save_encoder(enc: Encoder, folder: Path, max_seq_length: int = 256) -> None:
-    """``save_pretrained`` plus the files sentence-transformers reads (pooling, normalisation)."""
-    from onmkd.convert import write_sentence_transformers_files
-
-    folder.mkdir(parents=True, exist_ok=True)
-    enc.model.save_pretrained(folder)
-    enc.tokenizer.save_pretrained(folder)
-    write_sentence_transformers_files(folder, dim=enc.dim, max_seq_length=max_seq_length, pooling=enc.pooling,
-                                      normalize=enc.normalize)

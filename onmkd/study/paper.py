@@ -36,7 +36,8 @@ from pathlib import Path
 
 from onmkd.config import RunConfig, load_config, read_toml
 from onmkd.errors import ConfigError
-from onmkd.io import check_component, safe_name, write_json
+from onmkd.io import check_component, write_json
+from onmkd.training.methods import method_role
 
 ROLES_MAIN = ("onmkd", "same-depth baseline")
 FULL = "full OnMKD"
@@ -139,7 +140,7 @@ def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         for name, rel in _table(lay, "configs", f"{src}: layers.configs").items():
             for n in depths:
                 c = cfg(rel, f"{src}: layers.configs.{name} (layers = {n})", (f"model.layers={n}",))
-                role = "onmkd" if c.train.method == "onmkd" else "same-depth baseline"
+                role = method_role(c.train.method)
                 entries.append(Entry("layers", f"{name} ({n} layer{'s' if n != 1 else ''})", role, c, rel))
     abl = _table(raw, "ablations", f"{src}: [ablations]")
     if abl:
@@ -161,52 +162,76 @@ def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, ta
     ``remeasure``: measure the efficiency columns of finished evaluations again (quality kept).
     ``finished_only``: train nothing; report the runs that have finished their test evaluation.
     """
-    from onmkd.data import load_dataset
-    from onmkd.models import REGISTRY
-    from onmkd.space import config_hash
-    from onmkd.sweep import test_evaluate
-    from onmkd.train import hold_out_dev, train
-
     import os
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # a log line per run; no encoding progress bars
     out = Path(out)
-    seeds = tuple(seeds or plan.seeds)
     entries = [e for e in plan.entries if not tables or e.table in tables]
     datasets: dict[str, object] = {}
-    rows: list[dict] = []
+    rows = _trained_rows(plan, entries, tuple(seeds or plan.seeds), out, datasets, remeasure, finished_only, log)
+    rows += _encoder_rows(plan, entries, out, datasets, remeasure, finished_only, log)
+    _write_manifest(plan, out, rows)
+    from onmkd.study.report import build_report
+
+    build_report([out], report_dir or out / "report", command=command, log=log)
+    return out
+
+
+def _dataset(cfg: RunConfig, datasets: dict):
+    """The config's data set with its dev split held out, loaded once per data set spec."""
+    from onmkd.data import load_dataset
+    from onmkd.training.train import hold_out_dev
+
+    if cfg.data.dataset not in datasets:
+        datasets[cfg.data.dataset] = hold_out_dev(load_dataset(cfg.data.dataset), cfg)
+    return datasets[cfg.data.dataset]
+
+
+def _trained_rows(plan: Plan, entries: list[Entry], seeds: tuple[int, ...], out: Path, datasets: dict,
+                  remeasure: bool, finished_only: bool, log) -> list[dict]:
+    """Every entry trained with every seed and evaluated on the plan's split (finished ones kept)."""
+    from onmkd.study.runs import run_dir, train_and_test
+
+    rows = []
     for k, e in enumerate(entries):
         for seed in seeds:
             cfg = replace(e.config, train=replace(e.config.train, seed=seed))
-            if cfg.data.dataset not in datasets:
-                datasets[cfg.data.dataset] = hold_out_dev(load_dataset(cfg.data.dataset), cfg)
-            data = datasets[cfg.data.dataset]
-            run = out / "runs" / config_hash(cfg)
+            data = _dataset(cfg, datasets)
+            run = run_dir(out, cfg)
             if finished_only and not (run / plan.split / "metrics.json").exists():
                 log(f"[{k + 1}/{len(entries)}] {e.table}: {e.label}, seed {seed}: not finished, left out")
                 continue
             log(f"[{k + 1}/{len(entries)}] {e.table}: {e.label}, seed {seed} -> {run}")
-            train(cfg, run, data, log=lambda m: None)
-            test_evaluate(str(run), run / plan.split, data, cfg, plan.split, 100, remeasure=remeasure)
-            rows.append({"path": str((run / plan.split).relative_to(out)), "label": e.label, "role": e.role,
-                         "table": e.table, "method": cfg.train.method, "layers": cfg.model.layers, "seed": seed,
-                         "split": plan.split, "stage": "paper", "experiment": e.source})
+            rows.append(train_and_test(cfg, out, data, plan.split, label=e.label, role=e.role, stage="paper",
+                                       latency_queries=100, remeasure=remeasure, table=e.table,
+                                       extra={"experiment": e.source}))
+    return rows
+
+
+def _encoder_rows(plan: Plan, entries: list[Entry], out: Path, datasets: dict, remeasure: bool, finished_only: bool,
+                  log) -> list[dict]:
+    """The plan's encoders evaluated as released, with the lengths of the main table's first config."""
+    from onmkd.study.runs import encoder_dir, evaluate_encoder
+
     main = [e for e in entries if e.table == "main"] or list(entries)
-    if plan.encoders and main:
-        cfg = main[0].config
-        data = datasets.get(cfg.data.dataset) or hold_out_dev(load_dataset(cfg.data.dataset), cfg)
-        for name in plan.encoders:
-            target = out / "baselines" / safe_name(name)
-            log(f"{name} as released -> {target}")
-            if finished_only and not (target / "metrics.json").exists():
-                continue
-            test_evaluate(name, target, data, cfg, plan.split, 100, remeasure=remeasure)
-            ck = REGISTRY.get(name)
-            role = "lexical" if name == "bm25" else ("teacher" if ck and ck.role == "teacher" else "small baseline")
-            rows.append({"path": str(target.relative_to(out)), "label": name, "role": role, "table": "main",
-                         "method": "bm25" if name == "bm25" else "encoder", "layers": ck.layers if ck else None,
-                         "seed": None, "split": plan.split, "stage": "paper"})
-    # Rows of earlier invocations (other tables or seeds) are kept; this one's replace their equals.
+    if not (plan.encoders and main):
+        return []
+    cfg = main[0].config
+    data = _dataset(cfg, datasets)
+    rows = []
+    for name in plan.encoders:
+        target = encoder_dir(out, name)
+        log(f"{name} as released -> {target}")
+        if finished_only and not (target / "metrics.json").exists():
+            continue
+        rows.append(evaluate_encoder(name, out, data, cfg, plan.split, label=name, stage="paper", latency_queries=100,
+                                     remeasure=remeasure, table="main"))
+    return rows
+
+
+def _write_manifest(plan: Plan, out: Path, rows: list[dict]) -> None:
+    """The manifest of this invocation's rows and of earlier invocations' (other tables or seeds):
+    a row of this one replaces its equal (same path, table and label)."""
     old = json.loads((out / "manifest.json").read_text())["runs"] if (out / "manifest.json").exists() else []
     key = lambda r: (r["path"], r.get("table"), r["label"])  # noqa: E731
     mine = {key(r) for r in rows}
@@ -214,7 +239,3 @@ def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, ta
     write_json(out / "manifest.json", {"kind": "paper", "plan": plan.source, "split": plan.split,
                                        "seeds": sorted({r["seed"] for r in rows if r.get("seed") is not None}),
                                        "reference": FULL, "selection": "dev", "runs": rows})
-    from onmkd.report import build_report
-
-    build_report([out], report_dir or out / "report", command=command, log=log)
-    return out

@@ -2,7 +2,7 @@
 
 Every step, each peer scores the batch's questions against the same candidates (the batch's
 gold passages, then its hard negatives; in-batch negatives come for free) and all peers are
-updated together with ``L_nll + α·L_kl + β·L_cross`` (:func:`onmkd.losses.onmkd_total`).
+updated together with ``L_nll + α·L_kl + β·L_cross`` (:func:`onmkd.training.losses.onmkd_total`).
 Randomness comes from ``(seed, epoch)`` and the saved torch RNG, so a run killed mid-epoch and
 started again resumes from its last checkpoint to the same result.
 
@@ -32,14 +32,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onmkd import __version__, distributed, gradcache, losses
+from onmkd import __version__
+from onmkd.training import distributed, gradcache, losses
+from onmkd.training.methods import METHODS, loss_weights
 from onmkd.config import RunConfig, from_dict
 from onmkd.data import Dataset, Split, load_dataset, passage_text
 from onmkd.errors import ConfigError, DataError, ModelError
-from onmkd.evaluate import EvalConfig, dense_run, encode_cached, primary_metric, score_run
+from onmkd.retrieval.evaluate import EvalConfig, dense_run, encode_cached, primary_metric, score_run
 from onmkd.io import atomic_path, write_json
-from onmkd.metrics import has_answer, rank
-from onmkd.peers import DualEncoder, build_peer
+from onmkd.retrieval.metrics import has_answer, rank
+from onmkd.retrieval.dual import DualEncoder
+from onmkd.training.peers import build_peer
 from onmkd.runtime import resolve_device, tune_allocator
 
 MINED_POOL = 10  # hard negatives are drawn from each question's top-10 valid BM25 passages
@@ -90,7 +93,7 @@ def build_examples(data: Dataset, cfg: RunConfig) -> list[Example]:
     if cfg.data.hard_negatives and cfg.data.negatives == "given":
         pools = {q: list(split.hard_negatives.get(q, [])) for q in qids}
     elif cfg.data.hard_negatives:
-        from onmkd.bm25 import BM25
+        from onmkd.retrieval.bm25 import BM25
 
         pids = list(data.corpus)
         bm25 = BM25().index([passage_text(data.corpus[p], cfg.data.titles) for p in pids])
@@ -138,12 +141,93 @@ def batches(examples: list[Example], cfg: RunConfig, epoch: int) -> list[tuple[l
     return out
 
 
+# --------------------------------------------------------------------------- set-up
+
+def build_peers(cfg: RunConfig) -> tuple[list[DualEncoder], list[list[int]]]:
+    """The K peers as ``cfg.model`` says (one encoder per peer, or untied question and passage
+    towers), on the CPU, with the checkpoint layers each one kept.
+
+    Every peer must share one structure (layers and hidden size): the mutual terms compare
+    their scores and vectors.
+    """
+    m = cfg.model
+    peers: list[DualEncoder] = []
+    kept_layers: list[list[int]] = []
+    for k, init in enumerate(cfg.peer_inits()):
+        enc, keep = build_peer(init, layers=m.layers, pooling=m.pooling, normalize=m.normalize,
+                               seed=cfg.train.seed + init.seed, field=f"model.peer[{min(k, len(m.peer) - 1)}]",
+                               attention_dropout=m.attention_dropout)
+        peers.append(DualEncoder(enc) if m.tied else DualEncoder.untie(enc))
+        kept_layers.append(keep)
+    depth = peers[0].question.num_layers
+    if any(p.question.num_layers != depth or p.question.dim != peers[0].question.dim for p in peers):
+        raise ConfigError("model.peer: peers must share one structure (layers and hidden size)")
+    return peers, kept_layers
+
+
+@dataclass(frozen=True)
+class LossSetup:
+    """What a training step computes: the weights of the method (:func:`onmkd.training.methods.loss_weights`),
+    the cross-wise layer map in student layers, and the layers whose pooled vectors are needed."""
+
+    alpha: float
+    beta: float
+    layer_map: list[tuple[int, ...]]
+    layers_needed: list[int]
+    teacher: bool
+
+
+def loss_setup(cfg: RunConfig, depth: int) -> LossSetup:
+    """The loss of ``cfg``'s method for students of ``depth`` layers (``-1`` in ``loss.cross_layers`` is the last)."""
+    layer_map = [tuple(depth if l == -1 else l for l in pair) for pair in cfg.loss.cross_layers]
+    for pair in layer_map:
+        if max(pair) > depth:
+            raise ConfigError(f"loss.cross_layers: layer {max(pair)} is beyond the students' {depth} layers")
+    alpha, beta = loss_weights(cfg)
+    layers_needed = sorted({depth} | ({l for pair in layer_map for l in pair} if beta else set()))
+    return LossSetup(alpha, beta, layer_map, layers_needed, METHODS[cfg.train.method].teacher)
+
+
+def make_optimizer(peers: list[DualEncoder], cfg: RunConfig, steps_per_epoch: int):
+    """AdamW over every peer's trainable parameters (a parameter group per peer) and its schedule:
+    linear warm-up over ``train.warmup`` of the steps, then linear decay to 0 at the last step."""
+    params = [{"params": [p for p in dual.parameters() if p.requires_grad]} for dual in peers]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    total = steps_per_epoch * cfg.train.epochs
+    warm = int(cfg.train.warmup * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    return optimizer, scheduler
+
+
+def teacher_vectors(cfg: RunConfig, data: Dataset, examples: list[Example]):
+    """``loss.teacher``'s vectors of the training questions and of the corpus, encoded once (and
+    cached by fingerprint): ``(question row by qid, question vectors, passage row by pid, passage vectors)``."""
+    from onmkd.retrieval.models import Encoder
+
+    try:
+        teacher = Encoder.load(cfg.loss.teacher)
+    except Exception as e:  # noqa: BLE001 - any load failure is a config problem here
+        raise ConfigError(f"loss.teacher: {e}") from None
+    d = cfg.data
+    pids = list(data.corpus)
+    pvecs = encode_cached(teacher, pids, [passage_text(data.corpus[p], d.titles) for p in pids],
+                          d.p_max_len, cfg.train.eval_batch_size, "teacher passages")
+    qids = [ex.qid for ex in examples]
+    qvecs = encode_cached(teacher, qids, [ex.question for ex in examples], d.q_max_len,
+                          cfg.train.eval_batch_size, "teacher questions")
+    return ({q: i for i, q in enumerate(qids)}, torch.from_numpy(qvecs),
+            {p: i for i, p in enumerate(pids)}, torch.from_numpy(pvecs))
+
+
+# --------------------------------------------------------------------------- the trainer
+
 class Trainer:
     """Holds the peers, the optimiser and the run directory; ``run()`` trains to the end."""
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=print, on_epoch=None):
-        # Under torchrun (onmkd.distributed) every rank builds the same trainer; rank 0 alone
-        # logs and writes, and each rank encodes its shard of every batch.
+        # Under torchrun (onmkd.training.distributed) every rank builds the same trainer; rank 0
+        # alone logs and writes, and each rank encodes its shard of every batch.
         self.world = distributed.world_size()
         self.rank = distributed.rank() if self.world > 1 else 0
         self.is_main = self.rank == 0
@@ -158,38 +242,17 @@ class Trainer:
         self.data.split(cfg.data.dev_split)
         self.examples = build_examples(self.data, cfg)
         self._check_run_dir()
-        m = cfg.model
-        self.peers: list[DualEncoder] = []
-        self.kept_layers: list[list[int]] = []
-        for k, init in enumerate(cfg.peer_inits()):
-            enc, keep = build_peer(init, layers=m.layers, pooling=m.pooling, normalize=m.normalize,
-                                   seed=cfg.train.seed + init.seed, field=f"model.peer[{min(k, len(m.peer) - 1)}]",
-                                   attention_dropout=m.attention_dropout)
-            self.peers.append(DualEncoder(enc) if m.tied else DualEncoder.untie(enc))
-            self.kept_layers.append(keep)
+        self.peers, self.kept_layers = build_peers(cfg)
         self.device = distributed.device_for(resolve_device(cfg.train.device))
         for dual in self.peers:
             dual.to(self.device)
             distributed.broadcast_module(dual)  # replicas start as rank 0's (no-op in one process)
-        depth = self.peers[0].question.num_layers
-        if any(p.question.num_layers != depth or p.question.dim != self.peers[0].question.dim for p in self.peers):
-            raise ConfigError("model.peer: peers must share one structure (layers and hidden size)")
-        self.layer_map = [tuple(depth if l == -1 else l for l in pair) for pair in cfg.loss.cross_layers]
-        for pair in self.layer_map:
-            if max(pair) > depth:
-                raise ConfigError(f"loss.cross_layers: layer {max(pair)} is beyond the students' {depth} layers")
         self.method = cfg.train.method
-        self.beta = cfg.loss.beta if self.method == "onmkd" else 0.0
-        self.alpha = cfg.loss.alpha if self.method in ("onmkd", "dml", "kd") else 0.0
-        self.layers_needed = sorted({depth} | ({l for pair in self.layer_map for l in pair} if self.beta else set()))
-        self.teacher = self._teacher_vectors() if self.method == "kd" else None
-        params = [{"params": [p for p in dual.parameters() if p.requires_grad]} for dual in self.peers]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        setup = loss_setup(cfg, self.peers[0].question.num_layers)
+        self.alpha, self.beta, self.layer_map, self.layers_needed = setup.alpha, setup.beta, setup.layer_map, setup.layers_needed
+        self.teacher = teacher_vectors(cfg, self.data, self.examples) if setup.teacher else None
         self.steps_per_epoch = math.ceil(len(self.examples) / cfg.train.batch_size)
-        total = self.steps_per_epoch * cfg.train.epochs
-        warm = int(cfg.train.warmup * total)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+        self.optimizer, self.scheduler = make_optimizer(self.peers, cfg, self.steps_per_epoch)
         self.step = 0
         self.history: list[dict] = []
         self.best = {"score": -1.0, "peer": 0, "epoch": -1}
@@ -199,24 +262,6 @@ class Trainer:
 
     def _check_run_dir(self, write: bool = True) -> None:
         distributed.on_main(lambda: check_run_dir(self.cfg, self.out, write))
-
-    def _teacher_vectors(self):
-        """The teacher's question and passage vectors, encoded once and cached by fingerprint."""
-        from onmkd.models import Encoder
-
-        try:
-            teacher = Encoder.load(self.cfg.loss.teacher)
-        except Exception as e:  # noqa: BLE001 - any load failure is a config problem here
-            raise ConfigError(f"loss.teacher: {e}") from None
-        d = self.cfg.data
-        pids = list(self.data.corpus)
-        pvecs = encode_cached(teacher, pids, [passage_text(self.data.corpus[p], d.titles) for p in pids],
-                              d.p_max_len, self.cfg.train.eval_batch_size, "teacher passages")
-        qids = [ex.qid for ex in self.examples]
-        qvecs = encode_cached(teacher, qids, [ex.question for ex in self.examples], d.q_max_len,
-                              self.cfg.train.eval_batch_size, "teacher questions")
-        return ({q: i for i, q in enumerate(qids)}, torch.from_numpy(qvecs),
-                {p: i for i, p in enumerate(pids)}, torch.from_numpy(pvecs))
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -304,7 +349,7 @@ class Trainer:
         depth = self.peers[0].question.num_layers
         scores = [qv[depth] @ pv[depth].T for qv, pv in zip(qs, ps)]
         l = self.cfg.loss
-        if self.method == "kd":
+        if self.teacher is not None:
             qi, tq, pi, tp = self.teacher
             t_scores = (tq[[qi[ex.qid] for ex in chunk]] @ tp[[pi[p] for p in cands]].T).to(self.device)
             l_nll = losses.nll(scores[0], y, l.tau)
@@ -319,7 +364,7 @@ class Trainer:
         """Zero the gradients, then accumulate the step's loss gradients into every peer; returns the logs.
 
         With ``train.grad_cache_chunk`` the vectors are computed and back-propagated sub-batch by
-        sub-batch (:func:`onmkd.gradcache.cached_backward`), in the same tower order as the plain
+        sub-batch (:func:`onmkd.training.gradcache.cached_backward`), in the same tower order as the plain
         path (peer 0 questions, peer 0 passages, peer 1 questions, …), so the random stream
         after the step is the same either way.
         """
@@ -355,7 +400,7 @@ class Trainer:
         questions and of the candidates with every peer, the vectors are gathered from all ranks
         (this rank's slice keeping its graph), the *whole* batch's loss is computed here as in one
         process, and after ``backward()`` the gradients are summed over ranks: every rank then
-        holds the single process's gradient of the global batch (see :mod:`onmkd.distributed`).
+        holds the single process's gradient of the global batch (see :mod:`onmkd.training.distributed`).
         Tower order is the plain path's. Sub-batches: GradCache's ``train.grad_cache_chunk`` texts
         (a memory bound, per rank), else all of the rank's questions at once and its passages in
         chunks of ``data.length_chunk / W``, so that the ranks' chunks together are as many, and
@@ -569,7 +614,7 @@ def train(cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=
     ``on_epoch(epoch, dev_row)`` is called after every dev evaluation (the sweep reports to
     Optuna and prunes there); the run directory is locked while training.
 
-    Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group (:mod:`onmkd.distributed`)
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group (:mod:`onmkd.training.distributed`)
     and trains data-parallel; rank 0 alone logs, locks and writes the run directory, and every
     rank returns the same metrics.
     """

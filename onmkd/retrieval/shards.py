@@ -85,10 +85,10 @@ _WORKER: dict[str, Any] = {}
 
 def _passage_encoder(model: Any, backend: str, device: str):
     """The passage tower of ``model`` (a name/path, or a loaded encoder) on ``device`` and ``backend``."""
-    from onmkd.backends import with_backend
+    from onmkd.retrieval.backends import with_backend
 
     if isinstance(model, (str, os.PathLike)):
-        from onmkd.evaluate import load_retriever
+        from onmkd.retrieval.evaluate import load_retriever
 
         model = load_retriever(str(model)).passage
     if backend == "torch":
@@ -187,14 +187,14 @@ def encode_shards(model: Any, corpus: Any, out_dir: str | os.PathLike[str], *, s
     """Encode ``corpus`` with the passage tower of ``model`` into ``shards`` shard files in ``out_dir``.
 
     ``model``: a registry name, checkpoint folder or training run directory (what
-    :func:`onmkd.evaluate.load_retriever` takes), or a loaded encoder. ``corpus``: a data set
+    :func:`onmkd.retrieval.evaluate.load_retriever` takes), or a loaded encoder. ``corpus``: a data set
     spec, a :class:`~onmkd.data.Dataset`, a ``{pid: doc or text}`` mapping or ``(pid, text)``
     pairs. ``workers`` processes share the CPU cores; with CUDA (``device`` auto or cuda) one
     process runs on each device instead. Shards already finished (files present, checksums
     matching the manifest) are kept. Returns the manifest.
     """
-    from onmkd.backends import check_backend
-    from onmkd.evaluate import _corpus_hash
+    from onmkd.retrieval.backends import check_backend
+    from onmkd.retrieval.evaluate import _corpus_hash
 
     log = log or (lambda _msg: None)
     check_backend(backend)
@@ -205,7 +205,7 @@ def encode_shards(model: Any, corpus: Any, out_dir: str | os.PathLike[str], *, s
     label, ids, texts = _corpus(corpus, titles)
     if not ids:
         raise DataError(f"{label}: the corpus is empty")
-    from onmkd.index import shard_bounds
+    from onmkd.retrieval.index import shard_bounds
 
     bounds = shard_bounds(len(ids), shards)
     base = _passage_encoder(model, "torch", "cpu") if isinstance(model, (str, os.PathLike)) else model
@@ -343,9 +343,9 @@ def load_shards(out_dir: str | os.PathLike[str], *, verify: bool = True) -> tupl
 
 def build_index_from_shards(out_dir: str | os.PathLike[str], spec=None, shards: int = 1):
     """An index over the vectors of a shard folder: one index, or a
-    :class:`~onmkd.index.ShardedIndex` of ``shards`` over consecutive rows. Row ``i`` is the
+    :class:`~onmkd.retrieval.index.ShardedIndex` of ``shards`` over consecutive rows. Row ``i`` is the
     ``i``-th id of :func:`load_shards`. Returns ``(index, ids)``."""
-    from onmkd.index import IndexSpec, build_index, build_sharded_index
+    from onmkd.retrieval.index import IndexSpec, build_index, build_sharded_index
 
     spec = spec or IndexSpec()
     ids, vectors = load_shards(out_dir)

