@@ -1,4 +1,4 @@
-"""onmkd.stats against values worked out by hand and against scipy called directly."""
+"""onmkd.study.stats against values worked out by hand and against scipy called directly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from onmkd.stats import (
+from onmkd.study.stats import (
     N_RESAMPLES,
     compare,
     holm_bonferroni,
