@@ -252,6 +252,8 @@ def sweep_cmd(
     final: Annotated[bool, typer.Option(help="After the trials: train the best configs with the final seeds and evaluate on test. --no-final for extra workers.")] = True,
     report: Annotated[bool, typer.Option(help="Write the report into STUDY_DIR/report at the end.")] = True,
     check: Annotated[bool, typer.Option(help="Check the search space, print it and stop.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="Trial processes side by side on this machine, sharing the threads [default: the space's study.workers].")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for this command, shared by its workers [default: PyTorch's].")] = None,
 ) -> None:
     """Run or resume an Optuna study over config fields; select on dev, evaluate the best on test, report.
 
@@ -273,7 +275,7 @@ def sweep_cmd(
 
     out = study_dir or safe_join(Path("runs") / "sweep", sp.study.name, what=f"{sp.source}: study.name")
     sweep(sp, out, storage=storage, n_trials=n_trials, timeout=timeout, final=final, report=report,
-          log=lambda m: typer.echo(m, err=True))
+          log=lambda m: typer.echo(m, err=True), workers=workers, threads=threads)
     typer.echo(f"study directory: {out}")
     if report:
         typer.echo(f"report: {out / 'report' / 'README.md'}")

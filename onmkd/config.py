@@ -52,6 +52,7 @@ class DataConfig:
     p_max_len: int = _f(256, "passage tokens kept")
     titles: bool = _f(True, "encode passages as 'title text'")
     length_chunk: int = _f(16, "training encodes a batch's passages in chunks of this many, sorted by length, so padding costs little (the loss still sees the whole batch)")
+    dev_pool: int = _f(0, "0: dev retrieval over the whole corpus; N: over a fixed pool of N passages, the dev questions' positives and the other passages first in sha256 order of their ids (the same pool for every run and trial): a cheaper selection signal for sweeps, as dev scores over N candidates (the test evaluation always searches the whole corpus)")
     max_train_questions: int = _f(0, "train on the first N questions of the shuffled split (0: all); for quick runs")
 
 
@@ -98,6 +99,7 @@ class TrainConfig:
     select: str = _f("best", "the student to deploy: best (the peer with the highest dev score; every peer is saved too)")
     threads: int = _f(0, "torch threads (0: torch's default)")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N")
+    adamw: str = _f("fused", "AdamW implementation: fused (one kernel over all of a peer's tensors per step: about 15x faster than loop on CPU, measured in benchmarks/train_profile.py), foreach, or loop (PyTorch's per-tensor loop, what runs made before this field used: set it to reproduce them bit for bit); the three agree to float rounding")
     grad_cache_chunk: int = _f(0, "0: off; N: cached gradients (GradCache): encode the batch in sub-batches of N texts without keeping activations, compute the loss on the detached vectors, then re-encode each sub-batch with gradients (same dropout masks: the random state is replayed) and back-propagate the vectors' gradients: the same loss and gradients as the full batch (up to float rounding; with dropout on, the masks are those of N-text sub-batches) with the activation memory of N texts, for one extra forward pass. Questions and passages alike; every method")
 
 
@@ -242,6 +244,9 @@ def from_dict(tree: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+ADAMW = ("fused", "foreach", "loop")
+
+
 def validate(cfg: RunConfig) -> None:
     """Checks that need no model or data; checkpoint depths are checked when peers are built."""
     d, m, l, t = cfg.data, cfg.model, cfg.loss, cfg.train
@@ -251,7 +256,7 @@ def validate(cfg: RunConfig) -> None:
     for name, v in positive.items():
         if v < 1:
             raise ConfigError(f"{name}: must be at least 1, got {v}")
-    nonneg = {"data.hard_negatives": d.hard_negatives, "data.max_train_questions": d.max_train_questions,
+    nonneg = {"data.hard_negatives": d.hard_negatives, "data.dev_pool": d.dev_pool, "data.max_train_questions": d.max_train_questions,
               "model.layers": m.layers, "model.attention_dropout": m.attention_dropout, "loss.alpha": l.alpha, "loss.beta": l.beta, "train.warmup": t.warmup,
               "train.weight_decay": t.weight_decay, "train.max_grad_norm": t.max_grad_norm,
               "train.patience": t.patience, "train.threads": t.threads,
@@ -271,6 +276,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.warmup: a fraction of the steps, at most 1; got {t.warmup}")
     if t.method not in METHODS:
         raise ConfigError(f"train.method: {t.method!r} is not one of {', '.join(METHODS)}")
+    if t.adamw not in ADAMW:
+        raise ConfigError(f"train.adamw: {t.adamw!r} is not one of {', '.join(ADAMW)}")
     if d.negatives not in ("bm25", "given"):
         raise ConfigError(f"data.negatives: {d.negatives!r} is not one of bm25, given")
     if m.pooling not in ("mean", "cls"):

@@ -28,6 +28,7 @@ class Phases:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.started = clock()
+        self.started_unix = time.time()
         self.seconds: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self._open: list[str] = []
@@ -48,6 +49,10 @@ class Phases:
         self.seconds[name] += seconds
         self.counts[name] += 1
 
+    def current(self) -> str:
+        """The full name of the innermost open phase ("" outside any)."""
+        return self._open[-1] if self._open else ""
+
     def wall(self) -> float:
         return self.clock() - self.started
 
@@ -58,27 +63,32 @@ class Phases:
             if "/" not in name:
                 top[name] += s
         wall = self.wall()
-        return {"wall_s": wall, "phases": dict(sorted(self.seconds.items())), "counts": dict(self.counts),
+        return {"wall_s": wall, "started_unix": self.started_unix, "phases": dict(sorted(self.seconds.items())), "counts": dict(self.counts),
                 "top": dict(top), "unaccounted_s": wall - sum(top.values())}
 
 
-def by_kind(summary: dict) -> list[tuple[str, float, int]]:
-    """Rows ``(kind, seconds, count)``: top-level phases other than trials as they are, and every
-    trial's second-level phases summed over the trials (``trials/train``, ``trials/dev``, …)."""
+def by_kind(summary: dict, others: list[dict] = ()) -> list[tuple[str, float, int]]:
+    """Rows ``(kind, seconds, count)`` for a table: the top-level phases as they are; each trial's
+    phases summed over the trials (``trials/steps``, ``trials/dev``, … over this worker's trials and
+    those of ``others``, the summaries of workers that ran beside it); the final step's runs and
+    encoders one row each, with their ``train`` and ``test`` parts; then ``unaccounted``."""
     rows: dict[str, list] = {}
-    for name, s in summary["phases"].items():
-        parts = name.split("/")
-        if parts[0].startswith("trial "):
-            if len(parts) == 1:
-                key = "trials (total)"
-            else:
-                key = "trials/" + "/".join(parts[1:])
-        else:
-            key = name
+
+    def add(key: str, s: float, c: int) -> None:
         row = rows.setdefault(key, [0.0, 0])
         row[0] += s
-        row[1] += summary["counts"].get(name, 1)
-    out = [(k, v[0], v[1]) for k, v in rows.items()]
+        row[1] += c
+
+    for i, summ in enumerate([summary, *others]):
+        for name, s in summ["phases"].items():
+            parts = name.split("/")
+            c = summ["counts"].get(name, 1)
+            if parts[0] == "trials" and len(parts) > 1 and parts[1].startswith("trial "):
+                add("trials/" + ("/".join(parts[2:3]) or "all trials"), s, c if len(parts) > 2 else 1)
+            elif i == 0 and len(parts) <= (3 if parts[0] == "final" else 1):
+                add(name, s, c)
+    order = {"setup": 0, "trials": 1, "final": 2, "report": 3}
+    out = sorted(((k, v[0], v[1]) for k, v in rows.items()), key=lambda r: (order.get(r[0].split("/")[0], 4), r[0]))
     out.append(("unaccounted", summary["unaccounted_s"], 1))
     return out
 

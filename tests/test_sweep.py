@@ -132,7 +132,7 @@ def test_default_space_and_sampled_configs():
                         "model.layers": 3, "loss.alpha": 0.5})
     assert [p.checkpoint for p in cfg.model.peer] == ["minilm-l6", "minilm-l6"]
     assert [p.layer_rule for p in cfg.model.peer] == ["even", "even"]
-    assert (cfg.model.layers, cfg.loss.alpha, cfg.data.max_train_questions) == (3, 0.5, 256)
+    assert (cfg.model.layers, cfg.loss.alpha, cfg.data.max_train_questions) == (3, 0.5, 160)
 
 
 def test_conditional_param_is_sampled_only_when_its_condition_holds(tmp_path, tiny_model_dir, tiny_squad):
@@ -352,3 +352,42 @@ def test_two_machines_share_a_postgresql_study(tmp_path, tiny_model_dir, tiny_sq
     assert len(set(keys)) == 4
     assert {t.user_attrs["worker"]["pid"] for t in done} == {p.pid for p in procs}  # both took trials
     assert all(t.state.name in ("COMPLETE", "PRUNED") or t.user_attrs.get("surplus") for t in study.trials)
+
+
+# --------------------------------------------------------------------------- the default study's time
+
+
+@pytest.mark.slow
+def test_default_space_on_tiny_data_accounts_for_its_wall_time(tmp_path, tiny_squad):
+    """The default space (its params, pruner, final step, packaged encoders) on the tiny SQuAD: the
+    phases in timings.json add up to the command's wall time within 10 %, a rerun resumes and adds
+    no trial beyond n_trials, and the final step keeps to the budget's plan."""
+    import time as _time
+
+    from onmkd.study.sweep import sweep
+
+    default = (Path(__file__).resolve().parent.parent / "onmkd" / "spaces" / "default.toml").read_text()
+    text = default.replace("[fixed]\n", f'[fixed]\n"data.dataset" = "squad:{tiny_squad}"\n"train.batch_size" = 4\n', 1)
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    space = load_space(path)
+    study_dir = tmp_path / "study"
+    t0 = _time.monotonic()
+    sweep(space, study_dir, log=lambda m: None)
+    wall = _time.monotonic() - t0
+    timings = json.loads((study_dir / "timings.json").read_text())
+    assert abs(timings["wall_s"] - wall) <= 0.1 * wall
+    top = sum(timings["top"].values())
+    assert abs(top + timings["unaccounted_s"] - timings["wall_s"]) < 1e-6
+    assert timings["unaccounted_s"] <= 0.1 * timings["wall_s"], timings["top"]
+    kinds = {r["kind"] for r in timings["by_kind"]}
+    assert {"setup", "trials/steps", "trials/dev", "final", "report"} <= kinds
+    study = study_of(study_dir)
+    n = space.study.n_trials
+    assert len(finished(study)) == n
+    assert all("phases" in t.user_attrs for t in study.trials if t.state.name == "COMPLETE")
+    report = (study_dir / "report" / "README.md").read_text()
+    assert "Where the time went" in report
+    # a rerun resumes: no trial beyond n_trials, nothing trained again
+    sweep(space, study_dir, log=lambda m: None)
+    assert len(finished(study_of(study_dir))) == n and len(study_of(study_dir).trials) == len(study.trials)

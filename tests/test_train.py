@@ -106,6 +106,20 @@ def test_student_loads_with_transformers_and_sentence_transformers(tiny_model_di
     assert passage_text({"title": "a", "text": "b"}) == "a b"
 
 
+def test_test_evaluation_reuses_the_last_dev_encoding_of_the_student(tiny_model_dir, tmp_path):
+    """One epoch: the student is the peer as the last dev evaluation encoded it, so evaluating it
+    reads those corpus vectors from the cache (no second encoding) and gives the dev score."""
+    from onmkd.retrieval.evaluate import EvalConfig, evaluate
+
+    out = tmp_path / "run"
+    result = train(config(tiny_model_dir, "train.epochs=1"), out, tiny_qa(), log=lambda m: None)
+    assert result["selected_epoch"] == 0
+    m = evaluate(EvalConfig(model=str(out), dataset="tiny", split="dev", p_max_len=32, q_max_len=16,
+                            batch_size=8), tiny_qa(), out_dir=tmp_path / "eval")
+    assert "corpus_encode_s" not in m  # read from the cache
+    assert m["acc@20"] == pytest.approx(result["dev"]["acc@20"]) and m["mrr@10"] == pytest.approx(result["dev"]["mrr@10"])
+
+
 def test_same_seed_same_metrics(tiny_model_dir, tmp_path):
     a = train(config(tiny_model_dir), tmp_path / "a", tiny_qa(), log=lambda m: None)
     b = train(config(tiny_model_dir), tmp_path / "b", tiny_qa(), log=lambda m: None)
@@ -311,3 +325,35 @@ def test_method_table_drives_validation_and_baselines(tiny_model_dir):
         config(tiny_model_dir, "train.method=dml", "model.peers=1")
     with pytest.raises(ConfigError, match="model.peers: kd trains one student; set model.peers = 1 \\(got 2\\)"):
         config(tiny_model_dir, "train.method=kd")
+
+
+def test_dev_pool_holds_the_dev_positives_and_is_fixed(tiny_model_dir):
+    from onmkd.errors import ConfigError
+    from onmkd.training.train import dev_pool
+
+    data = tiny_qa()
+    gold = {p for rel in data.split("dev").qrels.values() for p in rel}
+    pool = dev_pool(data, config(tiny_model_dir, "data.dev_pool=5"))
+    assert len(pool) == 5 and gold <= set(pool)
+    # fixed by the data alone: the same pool from a corpus in another order, and for another seed
+    reordered = Dataset("tiny-qa", dict(reversed(list(data.corpus.items()))), data.splits, source="tiny-qa")
+    assert set(dev_pool(reordered, config(tiny_model_dir, "data.dev_pool=5", "train.seed=3"))) == set(pool)
+    assert dev_pool(data, config(tiny_model_dir)) == list(data.corpus)  # 0: the whole corpus
+    with pytest.raises(ConfigError, match=r"data.dev_pool: 1 passages cannot hold the \d+ positives"):
+        dev_pool(data, config(tiny_model_dir, "data.dev_pool=1"))
+    with pytest.raises(ConfigError, match="data.dev_pool: must be ≥ 0"):
+        config(tiny_model_dir, "data.dev_pool=-1")
+
+
+def test_training_with_a_dev_pool_scores_dev_over_the_pool(tiny_model_dir, tmp_path, monkeypatch):
+    from onmkd.retrieval.evaluate import EvalConfig, evaluate
+
+    monkeypatch.setenv("ONMKD_CACHE", str(tmp_path / "cache"))  # (another test may cache these very weights)
+
+    out = tmp_path / "run"
+    result = train(config(tiny_model_dir, "data.dev_pool=5", "train.epochs=1"), out, tiny_qa(), log=lambda m: None)
+    assert result["dev"]["questions"] == len(tiny_qa().split("dev").queries)
+    # the student's vectors of a 5-passage pool are not the corpus's: nothing is cached for a test run
+    m = evaluate(EvalConfig(model=str(out), dataset="tiny", split="dev", p_max_len=32, q_max_len=16, batch_size=8),
+                 tiny_qa(), out_dir=tmp_path / "eval")
+    assert "corpus_encode_s" in m

@@ -77,14 +77,39 @@ def encode_cached(encoder, ids: list[str], texts: list[str], max_length: int, ba
     return _encode_cached(encoder, ids, texts, max_length, batch_size, label, cache)[0]
 
 
-def _encode_cached(encoder, ids, texts, max_length, batch_size, label, cache):
+def _cache_entry(encoder, ids, texts, max_length) -> tuple[Path, Path, str]:
+    """The cache files (vectors, metadata) of ``encoder``'s vectors of ``texts``, and its backend."""
     # The fingerprint of a backend (onmkd.retrieval.backends) names it; the key says it again so that no
     # backend can ever read another's vectors. PyTorch fp32 keeps the key it always had.
     backend = getattr(encoder, "backend", "torch")
     extra = "" if backend == "torch" else f"|{backend}"
     key = hashlib.sha256(f"{encoder.fingerprint()}|{_corpus_hash(ids, texts)}|{max_length}{extra}".encode()).hexdigest()[:40]
     folder = cache_dir() / "embeddings"
-    data, meta = folder / f"{key}.npy", folder / f"{key}.json"
+    return folder / f"{key}.npy", folder / f"{key}.json", backend
+
+
+def _write_entry(encoder, data: Path, meta: Path, backend: str, vecs: np.ndarray, label: str, max_length: int) -> None:
+    with atomic_path(data) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, vecs, allow_pickle=False)
+    write_json(meta, {"model": encoder.name, "what": label, "count": len(vecs), "max_length": max_length,
+                      "backend": backend, "sha256": file_sha256(data)})
+
+
+def store_encoded(encoder, ids: list[str], texts: list[str], max_length: int, vecs: np.ndarray, label: str = "passages") -> None:
+    """Put vectors that ``encoder`` has just computed for ``texts`` into the encoded-corpus cache, so
+    that an evaluation of the same weights reads them instead of encoding again (the trainer does
+    this for the student it selects on its last dev evaluation). Skipped where the disk is short."""
+    data, meta, backend = _cache_entry(encoder, ids, texts, max_length)
+    try:
+        check_disk(data.parent, vecs.nbytes + 4096, f"caching the vectors of {len(ids):,} {label}")
+    except Exception:  # a cache is an optimisation: never fail a run for it
+        return
+    _write_entry(encoder, data, meta, backend, np.ascontiguousarray(vecs, dtype=np.float32), label, max_length)
+
+
+def _encode_cached(encoder, ids, texts, max_length, batch_size, label, cache):
+    data, meta, backend = _cache_entry(encoder, ids, texts, max_length)
     n, dim = len(texts), int(getattr(encoder, "dim", 0) or 0)
     vec_bytes = n * dim * 4
     if cache and data.exists() and meta.exists():
@@ -101,14 +126,10 @@ def _encode_cached(encoder, ids, texts, max_length, batch_size, label, cache):
                  f"encoding {n:,} {label} ({dim}-d float32 vectors {human(vec_bytes)}, "
                  f"tokenized text about {human(tokens * TOKEN_BYTES)})", SHARD_HINT)
     if cache:
-        check_disk(folder, vec_bytes + 4096, f"caching the vectors of {n:,} {label} (--no-cache skips it)")
+        check_disk(data.parent, vec_bytes + 4096, f"caching the vectors of {n:,} {label} (--no-cache skips it)")
     vecs = encoder.encode(texts, max_length=max_length, batch_size=batch_size, progress=True, desc=label)
     if cache:
-        with atomic_path(data) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, vecs, allow_pickle=False)
-        write_json(meta, {"model": encoder.name, "what": label, "count": len(ids), "max_length": max_length,
-                          "backend": backend, "sha256": file_sha256(data)})
+        _write_entry(encoder, data, meta, backend, vecs, label, max_length)
     return vecs, False
 
 

@@ -300,7 +300,7 @@ class Encoder(torch.nn.Module):
         Texts are run in chunks of ``chunk`` sorted by length, each padded only to its own longest
         member, so padding costs little; results are put back in input order.
         """
-        ids = self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        ids = token_ids(self.tokenizer, texts, max_length)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         parts: list[dict[int, torch.Tensor]] = []
         for start in range(0, len(order), chunk):
@@ -374,6 +374,38 @@ class Encoder(torch.nn.Module):
         return sum(p.numel() for p in self.model.parameters())
 
 
+# Token ids per (tokenizer, max_length) and text: a sweep tokenizes the same corpus, dev questions and
+# training texts in every trial and epoch; the ids of a text do not depend on its batch.
+_TOKEN_MEMO: dict[tuple[str, int], dict[str, list[int]]] = {}
+TOKEN_MEMO_TEXTS = 500_000  # beyond this many texts in all, the memo starts afresh (a memory bound)
+
+
+def _tokenizer_key(tokenizer) -> str:
+    """A key equal for tokenizers that split text alike (the serialised fast tokenizer), computed once."""
+    key = getattr(tokenizer, "_onmkd_key", None)
+    if key is None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        text = backend.to_str() if backend is not None else f"{type(tokenizer).__name__}|{tokenizer.name_or_path}|{len(tokenizer)}"
+        key = hashlib.sha256(text.encode()).hexdigest()[:24]
+        try:
+            tokenizer._onmkd_key = key
+        except AttributeError:
+            pass
+    return key
+
+
+def token_ids(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """``tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]``, memoised per text."""
+    memo = _TOKEN_MEMO.setdefault((_tokenizer_key(tokenizer), max_length), {})
+    missing = [t for t in dict.fromkeys(texts) if t not in memo]
+    if missing:
+        if sum(map(len, _TOKEN_MEMO.values())) + len(missing) > TOKEN_MEMO_TEXTS:
+            for m in _TOKEN_MEMO.values():
+                m.clear()
+        memo.update(zip(missing, tokenizer(missing, truncation=True, max_length=max_length)["input_ids"]))
+    return [memo[t] for t in texts]
+
+
 def encode_sorted(tokenizer, texts: Sequence[str], run: Callable[[torch.Tensor, torch.Tensor], object], *, dim: int,
                   max_length: int, batch_size: int, progress: bool = False, desc: str = "encode") -> np.ndarray:
     """Encode ``texts`` to a float32 ``[N, dim]`` array in input order, through ``run``.
@@ -386,7 +418,7 @@ def encode_sorted(tokenizer, texts: Sequence[str], run: Callable[[torch.Tensor, 
     """
     if not len(texts):
         return np.zeros((0, dim), dtype=np.float32)
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    ids = token_ids(tokenizer, texts, max_length)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     order = np.argsort(-lengths, kind="stable")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -384,6 +384,11 @@ def build_report(dirs, out, *, command: str = "", reference: str | None = None, 
         text(f"table_{name}.md", f"{caption}\n\n{md}\n")
         text(f"table_{name}.tex", to_latex(table, caption))
         index += [f"## {name}", "", caption, "", md, ""]
+    for d in dirs:
+        for name, (table, caption) in _study_tables(Path(d)).items():
+            md = table.to_markdown(index=False, disable_numparse=True)
+            text(f"table_{name}.md", f"{caption}\n\n{md}\n")
+            index += [f"## {caption.split(':')[0]}", "", caption, "", md, ""]
     for name, fig in _figures(df, dirs, split, reference).items():
         if fig is not None:
             written += figures.save(fig, out / "figures" / name)
@@ -434,6 +439,48 @@ def _tables(df: pd.DataFrame, split: str, reference: str | None) -> dict:
         "ablation": (ablation_table(df, split, reference), f"Ablations on the {split} split against {reference}."),
         "trials_by_layers": (trials_by_layers(df), "Sweep trials on the dev split per layer count (selection data, not test results)."),
     }
+
+
+def _study_tables(study_dir) -> dict:
+    """A study directory's table of every trial (pruned ones too) and of where its time went."""
+    from pathlib import Path
+
+    out = {}
+    info_path = Path(study_dir) / "study.json"
+    if info_path.exists():
+        study = _load_study(_read_json(info_path))
+        rows = []
+        for t in study.trials:
+            if t.state.name not in ("COMPLETE", "PRUNED"):
+                continue
+            dev = t.user_attrs.get("dev", {})
+            metric = next((m for m in ("acc@20", "ndcg@10", "mrr@10") if m in dev), None)
+            last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+            value = dev.get(metric) if metric else last
+            rows.append({"trial": str(t.number), "state": t.state.name.lower(),
+                         **{k: (f"{v:.4g}" if isinstance(v, float) else _short_value(v)) for k, v in t.params.items()},
+                         "dev score": "-" if value is None else f"{value:.4f}",
+                         "epochs reported": str(len(t.intermediate_values)),
+                         "seconds": f"{t.user_attrs['seconds']:.0f}" if "seconds" in t.user_attrs else "-"})
+        if rows:
+            out["trials"] = (pd.DataFrame(rows).fillna("-"), "Trials: every finished trial (complete or pruned) of "
+                             "the study with its params, its dev score (the selected peer's; the last reported "
+                             "epoch's for a pruned trial) and its wall time; selection data, not test results.")
+    timings = _read_json(Path(study_dir) / "timings.json") if (Path(study_dir) / "timings.json").exists() else None
+    if timings and timings.get("by_kind"):
+        wall = timings["wall_s"]
+        rows = [{"phase": r["kind"], "seconds": f"{r['seconds']:.1f}", "share": f"{r['seconds'] / wall:.1%}",
+                 "times": str(r["count"])} for r in timings["by_kind"]]
+        out["time"] = (pd.DataFrame(rows), f"Where the time went: the last sweep command's {wall:.0f} s of wall "
+                       "time by phase (timings.json; trials/* sum every trial's phases, nested phases are part of "
+                       "their parent's time).")
+    return out
+
+
+def _short_value(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(d.get("checkpoint", "?") if isinstance(d, dict) else str(d) for d in v) + "]"
+    return str(v)
 
 
 def _figures(df: pd.DataFrame, dirs, split: str, reference: str | None) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 from onmkd.config import RunConfig
 from onmkd.io import safe_name, write_json
 from onmkd.study.space import config_hash
+from onmkd.timing import Phases
 
 
 def run_dir(root: Path, cfg: RunConfig) -> Path:
@@ -84,14 +85,17 @@ def _row(path: Path, root: Path, label: str, role: str, table: str | None, metho
 
 def train_and_test(cfg: RunConfig, root: Path, data, split: str, *, label: str, role: str, stage: str,
                    latency_queries: int, remeasure: bool = False, table: str | None = None,
-                   extra: dict | None = None) -> dict:
+                   extra: dict | None = None, phases: Phases | None = None) -> dict:
     """Train ``cfg`` into :func:`run_dir` (resuming; kept when finished), evaluate its student on
-    ``split`` into ``RUN/SPLIT`` and return the entry's row."""
+    ``split`` into ``RUN/SPLIT`` and return the entry's row. ``phases`` times ``train/…`` and ``test``."""
     from onmkd.training.train import train
 
+    phases = phases or Phases()
     run = run_dir(root, cfg)
-    train(cfg, run, data, log=lambda m: None)
-    test_evaluate(str(run), run / split, data, cfg, split, latency_queries, remeasure=remeasure)
+    with phases("train"):
+        train(cfg, run, data, log=lambda m: None, phases=phases)
+    with phases("test"):
+        test_evaluate(str(run), run / split, data, cfg, split, latency_queries, remeasure=remeasure)
     return _row(run / split, root, label, role, table, cfg.train.method, cfg.model.layers, cfg.train.seed, split,
                 stage, extra or {})
 

@@ -54,7 +54,10 @@ class StudySpec:
     """``timeout``: no new trial after this many seconds of this command (0: none).
     ``budget_s``: wall-clock budget of one ``sweep`` command, trials and final step together:
     after each trial, no new one starts if the time used, one more trial and the final step
-    (estimated from the trials' own durations) would pass it (0: none)."""
+    (estimated from the trials' own durations) would pass it, and the final step's seeds and
+    encoders are cut to what is left (0: none).
+    ``workers``: trials run side by side in this many processes on this machine, the CPU threads
+    shared out between them (the final step then runs in one process with all of them)."""
 
     name: str = "sweep"
     objectives: tuple[str, ...] = ("acc@20",)
@@ -69,6 +72,7 @@ class StudySpec:
     latency_queries: int = 100
     heartbeat_s: int = 30
     grace_s: int = 120
+    workers: int = 1
 
     @property
     def directions(self) -> list[str]:
@@ -340,6 +344,8 @@ def _check_study(study: StudySpec, final: FinalSpec, src: str) -> None:
         raise ConfigError(f"{src}: study.sampler: {study.sampler!r} is not one of tpe, random, nsga2, gp")
     if study.pruner not in ("median", "hyperband", "none"):
         raise ConfigError(f"{src}: study.pruner: {study.pruner!r} is not one of median, hyperband, none")
+    if study.workers < 1:
+        raise ConfigError(f"{src}: study.workers: at least 1, got {study.workers}")
     if study.budget_s < 0:
         raise ConfigError(f"{src}: study.budget_s: ≥ 0 seconds, got {study.budget_s}")
     if study.timeout < 0 or study.latency_queries < 1 or study.heartbeat_s < 1 or study.grace_s <= study.heartbeat_s:

@@ -8,6 +8,7 @@ Study directory (``--study-dir``, default ``runs/sweep/NAME``)::
     runs/HASH/      one training run directory per distinct config (trials and final runs)
     baselines/NAME/ evaluation run directories of encoders used as they are (teacher, BM25, ...)
     manifest.json   the final step's runs: label, role, seed, split (written last)
+    timings.json    where the last ``sweep`` command's wall time went, phase by phase
     report/         tables and figures (``onmkd-bench report``)
 
 Nothing is lost on interruption. A run directory is keyed by its full config, so a trial that
@@ -41,6 +42,7 @@ from onmkd.study.runs import test_evaluate  # noqa: F401 - importable from here 
 from onmkd.study.space import Space, config_hash
 from onmkd.training.methods import METHODS, as_method
 from onmkd.training.methods import as_method as baseline_config  # noqa: F401 - its name here before methods.py
+from onmkd.timing import Phases, by_kind
 
 MANIFEST = "manifest.json"
 
@@ -286,8 +288,11 @@ def dev_value(dev_row: dict, metric: str) -> float:
 
 
 class Objective:
-    def __init__(self, space: Space, study_dir: Path, data, n_trials: int, log=print):
+    def __init__(self, space: Space, study_dir: Path, data, n_trials: int, log=print, phases: Phases | None = None,
+                 progress: Callable[[], str] | None = None):
         self.space, self.dir, self.data, self.n_trials, self.log = space, study_dir, data, n_trials, log
+        self.phases = phases or Phases()
+        self.progress = progress or (lambda: "")
 
     def _check_surplus(self, trial) -> None:
         from optuna.trial import TrialState
@@ -300,13 +305,18 @@ class Objective:
             raise Surplus(f"trial {trial.number}: the study already has its {self.n_trials} trials")
 
     def __call__(self, trial) -> float | tuple[float, ...]:
+        with self.phases(f"trial {trial.number}"):
+            return self._run(trial)
+
+    def _run(self, trial) -> float | tuple[float, ...]:
         optuna = _optuna()
         from onmkd.training.train import train
 
         trial.set_user_attr("worker", _worker())
         trial.set_user_attr("interrupted", False)  # a retried trial inherits its original's attributes
         self._check_surplus(trial)
-        values = self.space.sample(trial)
+        with self.phases("sample"):
+            values = self.space.sample(trial)
         cfg = self.space.config(values)
         run = self.dir / "runs" / config_hash(cfg)
         trial.set_user_attr("run", str(run.relative_to(self.dir)))
@@ -324,24 +334,29 @@ class Objective:
 
         t0 = time.monotonic()
         try:
-            result = train(cfg, run, self.data, log=lambda m: None, on_epoch=on_epoch)
-        except optuna.TrialPruned:
+            result = train(cfg, run, self.data, log=lambda m: None, on_epoch=on_epoch, phases=self.phases)
+        except optuna.TrialPruned as e:
             import shutil
 
             shutil.rmtree(run / "checkpoint", ignore_errors=True)  # never resumed: a pruned trial is final
-            self.log(f"trial {trial.number}: pruned")
+            trial.set_user_attr("seconds", time.monotonic() - t0)
+            self.log(f"trial {trial.number}: pruned at {e} after {time.monotonic() - t0:.0f} s{self.progress()}")
             raise
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
         dev = result["dev"]
         trial.set_user_attr("dev", dev)
-        eff = measure_student(run, self.data, cfg, self.space.study.latency_queries)
+        mine = self.phases.current() + "/"  # this trial's phases (the final step prices its retrain from them)
+        trial.set_user_attr("phases", {k[len(mine):]: round(v, 3) for k, v in self.phases.seconds.items()
+                                       if k.startswith(mine)})
+        with self.phases("efficiency"):
+            eff = measure_student(run, self.data, cfg, self.space.study.latency_queries)
         trial.set_user_attr("efficiency", eff)
         trial.set_user_attr("seconds", time.monotonic() - t0)
         out = tuple(eff[o] if o in eff else dev[o] for o in objectives)
-        self.log(f"trial {trial.number}: dev {objectives[0]} {dev[objectives[0]]:.4f}"
-                 f"  latency p50 {eff['query_ms_p50']:.2f} ms  ({result['steps']} steps)")
+        self.log(f"trial {trial.number}: finished, dev {objectives[0]} {dev[objectives[0]]:.4f}, latency p50 "
+                 f"{eff['query_ms_p50']:.2f} ms, {result['steps']} steps, {time.monotonic() - t0:.0f} s{self.progress()}")
         return out[0] if single else out
 
 
@@ -364,7 +379,7 @@ def measure_student(run: Path, data, cfg: RunConfig, n: int) -> dict:
 
 
 def run_trials(space: Space, study, study_dir: Path, data, *, n_trials: int, timeout: float | None, log=print,
-               started: float | None = None) -> None:
+               started: float | None = None, phases: Phases | None = None) -> None:
     optuna = _optuna()
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
@@ -376,46 +391,45 @@ def run_trials(space: Space, study, study_dir: Path, data, *, n_trials: int, tim
         log(f"study {study.study_name}: {done} of {n_trials} trials finished already")
         return
     log(f"study {study.study_name}: {done} of {n_trials} trials finished; running the rest")
-    objective = Objective(space, study_dir, data, n_trials, log)
+    phases = phases or Phases()
+
+    def progress() -> str:
+        c = counts(study)
+        done = c["complete"] + c["pruned"]
+        text = f"; {done}/{n_trials} trials done, {phases.wall():.0f} s into the sweep"
+        if space.study.budget_s:
+            text += f", {max(0.0, space.study.budget_s - phases.wall()):.0f} s of the budget left"
+        return text
+
+    objective = Objective(space, study_dir, data, n_trials, log, phases, progress)
     callbacks = [MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))]
     if space.study.budget_s and started is not None:
-        callbacks.append(BudgetStop(space, started, log))
+        callbacks.append(BudgetStop(space, started, log, len(data.corpus), REPORT_S))
     with _sigterm_as_interrupt():
         study.optimize(objective, n_trials=None, timeout=timeout or None, callbacks=callbacks,
                        catch=(Surplus,), gc_after_trial=True)
 
 
-def final_cost(space: Space, trial_s: float, chosen_s: list[float] | None = None) -> float:
-    """Seconds the final step should take.
-
-    ``trial_s``: mean duration of a complete trial (prices the encoders' evaluations);
-    ``chosen_s``: durations of the trials the final step would retrain now (default: ``trial_s``
-    for each of ``final.top``). A final run retrains one of them and also evaluates on test
-    (x1.25, measured: a 3-layer OnMKD trial of 129 s gave final runs of about 160 s); a
-    same-depth baseline trains one student (x0.6 of that)."""
-    f = space.final
-    chosen = list(chosen_s) if chosen_s else [trial_s] * f.top
-    runs = sum(1.25 * s for s in chosen) * len(f.seeds) * (1 + 0.6 * len(f.baselines))
-    return runs + trial_s * (0.4 * len(f.encoders) + (0.3 if f.reference else 0)) + 30
-
-
 class BudgetStop:
-    """Stop taking trials when one more trial and the final step would pass ``study.budget_s``."""
+    """Stop taking trials when one more trial and the final step would pass ``study.budget_s``.
 
-    def __init__(self, space: Space, started: float, log=print):
-        self.space, self.started, self.log = space, started, log
+    The final step is priced by :func:`plan_final` from the best trials' measured phases, with
+    the first two final seeds (the least that gives a spread); what is left over buys a third."""
+
+    def __init__(self, space: Space, started: float, log=print, corpus: int = 0, reserve: float = 0.0):
+        self.space, self.started, self.log, self.corpus, self.reserve = space, started, log, corpus, reserve
 
     def __call__(self, study, trial) -> None:
         from optuna.trial import TrialState
 
-        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "seconds" in t.user_attrs]
-        if not done:
+        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+                if "seconds" in t.user_attrs]
+        if not any(t.state == TrialState.COMPLETE for t in done):
             return
         mean = sum(t.user_attrs["seconds"] for t in done) / len(done)
-        chosen = [t.user_attrs.get("seconds", mean) for t in best_trials(study, self.space)]
-        final = final_cost(self.space, mean, chosen)
+        final = plan_final(self.space, best_trials(study, self.space), None, self.corpus, min_seeds=2)["seconds"]
         used = time.monotonic() - self.started
-        if used + mean + final > self.space.study.budget_s:
+        if used + mean + final + self.reserve > self.space.study.budget_s:
             self.log(f"budget: {used:.0f} s used, a trial takes about {mean:.0f} s and the final step about "
                      f"{final:.0f} s; no new trial within study.budget_s = {self.space.study.budget_s:.0f} s")
             study.stop()
@@ -457,31 +471,96 @@ def best_trials(study, space: Space) -> list:
     return chosen[:top]
 
 
-def final_step(space: Space, study, study_dir: Path, data, log=print) -> list[dict]:
-    """Train the chosen configs with the final seeds beside same-depth baselines; evaluate all on test."""
+def final_step(space: Space, study, study_dir: Path, data, log=print, phases: Phases | None = None,
+               seconds_left: float | None = None) -> list[dict]:
+    """Train the chosen configs with the final seeds beside same-depth baselines; evaluate all on test.
+
+    ``seconds_left``: what the budget leaves for this step; seeds (never below one) and then the
+    encoders as released are cut to fit it, and the manifest says what was cut and why."""
     from onmkd.config import from_dict
 
+    phases = phases or Phases()
     chosen = best_trials(study, space)
     if not chosen:
         log("final step: no complete trial to carry forward")
+    plan = plan_final(space, chosen, seconds_left, len(data.corpus))
+    for note in plan["cut"]:
+        log(f"final step: {note}")
     entries: list[dict] = []
     for rank, t in enumerate(chosen, 1):
         cfg = from_dict(t.user_attrs["config"])
         tag = f" #{rank}" if len(chosen) > 1 else ""
-        entries += _final_runs(space, cfg, tag, t.number, study_dir, data, log)
+        entries += _final_runs(space, cfg, tag, t.number, study_dir, data, log, phases, plan["seeds"])
         if space.final.reference:
-            entries.append(_untrained_reference(space, cfg, tag, study_dir, data))
-    entries += _encoders_as_released(space, chosen, study_dir, data, log)
+            with phases(f"untrained{tag}"):
+                entries.append(_untrained_reference(space, cfg, tag, study_dir, data))
+    entries += _encoders_as_released(space, chosen, study_dir, data, log, phases, plan["encoders"])
     write_json(study_dir / MANIFEST, {"kind": "sweep", "study": study.study_name, "split": space.final.split,
-                                      "selection": "dev", "runs": entries})
+                                      "selection": "dev", "runs": entries, "cut": plan["cut"],
+                                      "planned_s": plan["seconds"]})
     return entries
+
+
+def plan_final(space: Space, chosen: list, seconds_left: float | None, corpus: int = 0, min_seeds: int = 0) -> dict:
+    """The final seeds and encoders that fit ``seconds_left`` (all of them when ``None``), priced
+    from the chosen trials' own measured phases; ``cut`` says in words what was dropped.
+
+    Prices: a final run of a chosen config costs its trial's training (set-up, steps, checkpoints,
+    dev evaluation) plus a test evaluation, one encoding of the whole corpus (``corpus`` passages)
+    at the trial's measured rate per passage and layer; a one-peer baseline costs a peer's share
+    of that training plus its own test encoding; an encoder as released of L layers one corpus
+    encoding at L layers plus 10 s to load (BM25: 10 s). ``min_seeds`` prices only that many seeds."""
+    from onmkd.retrieval.models import REGISTRY
+
+    f = space.final
+    seeds, encoders = list(f.seeds)[: min_seeds or None], list(f.encoders)
+    if not chosen:
+        return {"seeds": seeds, "encoders": encoders, "cut": [], "seconds": 0.0}
+    per_seed, reference, rate = 0.0, 0.0, 0.0
+    for t in chosen:
+        cfg, ph = t.user_attrs["config"], t.user_attrs.get("phases", {})
+        peers, epochs, layers = int(cfg["model"].get("peers", 2)), max(1, int(cfg["train"]["epochs"])), int(cfg["model"]["layers"])
+        train_s = sum(ph.get(k, 0.0) for k in ("setup", "steps", "checkpoint", "dev", "select")) or float(t.user_attrs.get("seconds", 60.0))
+        pool = int(cfg["data"].get("dev_pool") or 0) or corpus or 1
+        # seconds per passage and layer, from the dev evaluations (passages dominate their cost)
+        r = ph.get("dev", 0.2 * train_s) / max(1, peers * epochs * min(pool, corpus or pool) * max(1, layers))
+        rate = max(rate, r)
+        test = r * (corpus or pool) * max(1, layers) + 5.0
+        per_seed += train_s + test + len(f.baselines) * (train_s / max(1, peers) + test)
+        reference += test if f.reference else 0.0
+
+    def encoder_cost(name: str) -> float:
+        if name == "bm25":
+            return 10.0
+        ck = REGISTRY.get(name)
+        return rate * (corpus or 1) * (ck.layers if ck else 6) + 10.0
+
+    def total(n_seeds: int, encs: list[str]) -> float:
+        return per_seed * n_seeds + reference + sum(encoder_cost(e) for e in encs)
+
+    cut = []
+    if seconds_left is not None:
+        while len(seeds) > 1 and total(len(seeds), encoders) > seconds_left:
+            seeds.pop()
+        if len(seeds) < len(f.seeds):
+            cut.append(f"seeds {seeds} of {list(f.seeds)}: the budget left {seconds_left:.0f} s and each seed "
+                       f"costs about {per_seed:.0f} s")
+        for name in sorted(encoders, key=encoder_cost, reverse=True):
+            if total(len(seeds), encoders) <= seconds_left:
+                break
+            encoders.remove(name)
+            cut.append(f"encoder {name} not evaluated: about {encoder_cost(name):.0f} s past the budget")
+        if total(len(seeds), encoders) > seconds_left:
+            cut.append(f"over the budget by about {total(len(seeds), encoders) - seconds_left:.0f} s even with one seed")
+    return {"seeds": seeds, "encoders": encoders, "cut": cut, "seconds": total(len(seeds), encoders)}
 
 
 def _layers(n: int) -> str:
     return f"({n} layer{'s' if n != 1 else ''})"
 
 
-def _final_runs(space: Space, cfg: RunConfig, tag: str, trial: int, study_dir: Path, data, log) -> list[dict]:
+def _final_runs(space: Space, cfg: RunConfig, tag: str, trial: int, study_dir: Path, data, log,
+                phases: Phases, seeds: list[int]) -> list[dict]:
     """A chosen trial's config with every final seed, each beside its same-depth baselines."""
     from onmkd.study.runs import run_dir, train_and_test
 
@@ -490,10 +569,15 @@ def _final_runs(space: Space, cfg: RunConfig, tag: str, trial: int, study_dir: P
 
     def run(c: RunConfig, label: str, role: str) -> None:
         log(f"final: {label}, seed {c.train.seed} -> {run_dir(study_dir, c).relative_to(study_dir)}")
-        rows.append(train_and_test(c, study_dir, data, f.split, label=label, role=role, stage="final",
-                                   latency_queries=space.study.latency_queries, extra={"trial": trial}))
+        t0 = time.monotonic()
+        with phases(f"{label} seed {c.train.seed}"):
+            rows.append(train_and_test(c, study_dir, data, f.split, label=label, role=role, stage="final",
+                                       latency_queries=space.study.latency_queries, extra={"trial": trial},
+                                       phases=phases))
+        log(f"final: {label}, seed {c.train.seed}: test {_first_metric(study_dir / rows[-1]['path'])} "
+            f"in {time.monotonic() - t0:.0f} s ({phases.wall():.0f} s into the sweep)")
 
-    for seed in f.seeds:
+    for seed in seeds:
         seeded = replace(cfg, train=replace(cfg.train, seed=seed))
         run(seeded, f"OnMKD{tag} {_layers(cfg.model.layers)}", "onmkd")
         for method in f.baselines:
@@ -517,27 +601,49 @@ def _untrained_reference(space: Space, cfg: RunConfig, tag: str, study_dir: Path
                            role="reference", stage="final", latency_queries=space.study.latency_queries, layers=n)
 
 
-def _encoders_as_released(space: Space, chosen: list, study_dir: Path, data, log) -> list[dict]:
+def _encoders_as_released(space: Space, chosen: list, study_dir: Path, data, log, phases: Phases,
+                          names: list[str]) -> list[dict]:
     """``final.encoders`` evaluated as released, with the lengths of the best config (else the space's)."""
     from onmkd.config import from_dict
     from onmkd.study.runs import encoder_dir, evaluate_encoder
 
     eval_cfg = from_dict(chosen[0].user_attrs["config"]) if chosen else space.config({})
     rows = []
-    for name in space.final.encoders:
+    for name in names:
         log(f"final: {name} as it is -> {encoder_dir(study_dir, name).relative_to(study_dir)}")
-        rows.append(evaluate_encoder(name, study_dir, data, eval_cfg, space.final.split,
-                                     label=Path(name).name if Path(name).exists() else name, stage="final",
-                                     latency_queries=space.study.latency_queries))
+        t0 = time.monotonic()
+        with phases(name):
+            rows.append(evaluate_encoder(name, study_dir, data, eval_cfg, space.final.split,
+                                         label=Path(name).name if Path(name).exists() else name, stage="final",
+                                         latency_queries=space.study.latency_queries))
+        log(f"final: {name}: test {_first_metric(study_dir / rows[-1]['path'])} in {time.monotonic() - t0:.0f} s "
+            f"({phases.wall():.0f} s into the sweep)")
     return rows
 
 
+def _first_metric(folder: Path) -> str:
+    import json
+
+    try:
+        m = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return "?"
+    key = "acc@20" if "acc@20" in m else "ndcg@10"
+    return f"{key} {m.get(key, float('nan')):.4f}"
+
+
 def sweep(space: Space, study_dir: Path, *, storage: str | None = None, n_trials: int | None = None,
-          timeout: float | None = None, final: bool = True, report: bool = True, log=print) -> Path:
-    """Run (or resume) the study, then the final step and the report; returns the study directory."""
+          timeout: float | None = None, final: bool = True, report: bool = True, log=print,
+          workers: int | None = None, threads: int | None = None) -> Path:
+    """Run (or resume) the study, then the final step and the report; returns the study directory.
+
+    ``workers`` (default ``study.workers``): processes taking trials side by side on this machine,
+    this one and ``workers - 1`` started here, sharing the CPU threads (``threads``, default
+    PyTorch's) between them; the final step and the report run here with all threads."""
     from onmkd.data import load_dataset
 
-    started = time.monotonic()
+    phases = Phases()
+    started = phases.started
     os.environ.setdefault("TQDM_DISABLE", "1")  # a log line per trial and run; no encoding progress bars
     study_dir = Path(study_dir)
     n = n_trials if n_trials is not None else space.study.n_trials
@@ -546,14 +652,60 @@ def sweep(space: Space, study_dir: Path, *, storage: str | None = None, n_trials
     cfg0 = space.config({})
     if final and space.final.split in (cfg0.data.dev_split, cfg0.data.train_split):
         raise ConfigError(f"final.split: {space.final.split!r} is also the train or dev split; the final step needs unseen questions")
-    data = load_dataset(cfg0.data.dataset)
-    from onmkd.training.train import hold_out_dev
+    with phases("setup"):
+        data = load_dataset(cfg0.data.dataset)
+        from onmkd.training.train import hold_out_dev
 
-    data = hold_out_dev(data, cfg0)
-    data.split(cfg0.data.dev_split)
-    study = open_study(space, study_dir, storage)
+        data = hold_out_dev(data, cfg0)
+        data.split(cfg0.data.dev_split)
+        study = open_study(space, study_dir, storage)
     timeout = timeout if timeout is not None else (space.study.timeout or None)
-    run_trials(space, study, study_dir, data, n_trials=n, timeout=timeout, log=log, started=started)
+    import torch
+
+    total = threads or torch.get_num_threads()
+    workers = workers if workers is not None else space.study.workers
+    if workers < 1:
+        raise ConfigError(f"--workers: at least 1, got {workers}")
+    each = max(1, total // workers)
+    name = "timings.json" if final or report else f"timings-{socket.gethostname()}-{os.getpid()}.json"
+    helpers = []
+    try:
+        torch.set_num_threads(each)
+        if workers > 1:
+            helpers = start_workers(study_dir, storage, n, timeout, workers - 1, each, log)
+        with phases("trials"):
+            run_trials(space, study, study_dir, data, n_trials=n, timeout=timeout, log=log, started=phases.started,
+                       phases=phases)
+            for p in helpers:
+                p.wait()
+        torch.set_num_threads(total)
+        _final_and_report(space, study, study_dir, data, final, report, log, phases)
+    finally:
+        for p in helpers:
+            if p.poll() is None:
+                p.terminate()
+        torch.set_num_threads(total)
+        save_timings(study_dir, phases, log, name)
+    return study_dir
+
+
+def start_workers(study_dir: Path, storage: str | None, n: int, timeout, count: int, threads: int, log) -> list:
+    """Start ``count`` more trial workers on this study (``--no-final --no-report``), each with ``threads``."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "onmkd.cli", "sweep", "--space", str(study_dir / "space.toml"), "--study-dir",
+           str(study_dir), "--n-trials", str(n), "--no-final", "--no-report", "--workers", "1", "--threads", str(threads)]
+    if storage:
+        cmd += ["--storage", storage]
+    if timeout:
+        cmd += ["--timeout", str(timeout)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log(f"{count} more worker{'s' if count > 1 else ''} on this study, {threads} thread{'s' if threads > 1 else ''} each")
+    return [subprocess.Popen(cmd, env=env) for _ in range(count)]
+
+
+def _final_and_report(space: Space, study, study_dir: Path, data, final: bool, report: bool, log, phases: Phases):
     if final:
         import fcntl
 
@@ -565,11 +717,36 @@ def sweep(space: Space, study_dir: Path, *, storage: str | None = None, n_trials
                 return study_dir
             wait_for_running(study, log)
             if space.final.split in data.splits:
-                final_step(space, study, study_dir, data, log)
+                left = space.study.budget_s - phases.wall() - REPORT_S if space.study.budget_s else None
+                with phases("final"):
+                    final_step(space, study, study_dir, data, log, phases, seconds_left=left)
             else:
                 log(f"final step skipped: the data set has no {space.final.split!r} split")
     if report:
         from onmkd.study.report import build_report
 
-        build_report([study_dir], study_dir / "report", log=log)
-    return study_dir
+        save_timings(study_dir, phases, None)  # the report's time table reads it
+        with phases("report"):
+            build_report([study_dir], study_dir / "report", log=log)
+
+
+REPORT_S = 30.0  # what the report takes (tables and figures), kept out of the final step's budget
+
+
+def save_timings(study_dir: Path, phases: Phases, log=print, name: str = "timings.json") -> dict:
+    """Write ``timings.json`` (this command's phases and the rows by kind of work); print the table."""
+    summary = phases.summary()
+    others = []
+    if name == "timings.json":  # workers started by this command left theirs beside it
+        from onmkd.timing import read_summary
+
+        others = [o for f in sorted(study_dir.glob("timings-*.json")) if (o := read_summary(f))
+                  and o.get("started_unix", 0) >= summary["started_unix"] - 60]
+    summary["workers"] = 1 + len(others)
+    summary["by_kind"] = [{"kind": k, "seconds": s, "count": c} for k, s, c in by_kind(summary, others)]
+    write_json(study_dir / name, summary)
+    if log is not None:
+        log(f"where the {summary['wall_s']:.0f} s went:")
+        for row in summary["by_kind"]:
+            log(f"  {row['kind']:<28} {row['seconds']:8.1f} s  ({row['count']}x)")
+    return summary

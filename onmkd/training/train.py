@@ -41,9 +41,11 @@ from onmkd.errors import ConfigError, DataError, ModelError
 from onmkd.retrieval.evaluate import EvalConfig, dense_run, encode_cached, primary_metric, score_run
 from onmkd.io import atomic_path, write_json
 from onmkd.retrieval.metrics import has_answer, rank
+from onmkd.retrieval.models import token_ids
 from onmkd.retrieval.dual import DualEncoder
 from onmkd.training.peers import build_peer
 from onmkd.runtime import resolve_device, tune_allocator
+from onmkd.timing import Phases
 
 MINED_POOL = 10  # hard negatives are drawn from each question's top-10 valid BM25 passages
 
@@ -75,6 +77,24 @@ def hold_out_dev(data: Dataset, cfg: RunConfig) -> Dataset:
     splits[d.train_split] = part(lambda q: q not in dev_ids)
     splits[d.dev_split] = part(lambda q: q in dev_ids)
     return dataclasses.replace(data, splits=splits)
+
+
+def dev_pool(data: Dataset, cfg: RunConfig) -> list[str]:
+    """The passages dev retrieval searches: the whole corpus, or with ``data.dev_pool = N`` the dev
+    questions' positive passages and then the other passages in sha256 order of their ids up to N
+    (fixed by the data alone, so every run and trial of a sweep sees the same pool)."""
+    n = cfg.data.dev_pool
+    if not n or n >= len(data.corpus):
+        return list(data.corpus)
+    gold = {p for rel in data.split(cfg.data.dev_split).qrels.values() for p, g in rel.items() if g > 0 and p in data.corpus}
+    if n < len(gold):
+        raise ConfigError(f"data.dev_pool: {n} passages cannot hold the {len(gold)} positives of the "
+                          f"{cfg.data.dev_split!r} split; use at least {len(gold)} (or 0 for the whole corpus)")
+    import hashlib
+
+    rest = sorted((p for p in data.corpus if p not in gold), key=lambda p: hashlib.sha256(p.encode()).hexdigest())
+    keep = gold | set(rest[: n - len(gold)])
+    return [p for p in data.corpus if p in keep]
 
 
 def build_examples(data: Dataset, cfg: RunConfig) -> list[Example]:
@@ -192,7 +212,11 @@ def make_optimizer(peers: list[DualEncoder], cfg: RunConfig, steps_per_epoch: in
     """AdamW over every peer's trainable parameters (a parameter group per peer) and its schedule:
     linear warm-up over ``train.warmup`` of the steps, then linear decay to 0 at the last step."""
     params = [{"params": [p for p in dual.parameters() if p.requires_grad]} for dual in peers]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[cfg.train.adamw]
+    try:
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, **impl)
+    except RuntimeError:  # fused AdamW not built for this device or PyTorch: the multi-tensor one
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, foreach=True)
     total = steps_per_epoch * cfg.train.epochs
     warm = int(cfg.train.warmup * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -225,7 +249,13 @@ def teacher_vectors(cfg: RunConfig, data: Dataset, examples: list[Example]):
 class Trainer:
     """Holds the peers, the optimiser and the run directory; ``run()`` trains to the end."""
 
-    def __init__(self, cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=print, on_epoch=None):
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=print, on_epoch=None,
+                 phases: Phases | None = None):
+        self.phases = phases or Phases()  # where the time goes: setup, steps, checkpoint, dev, prune, select
+        with self.phases("setup"):
+            self._setup(cfg, out_dir, data, log, on_epoch)
+
+    def _setup(self, cfg: RunConfig, out_dir: str | Path, data: Dataset | None, log, on_epoch) -> None:
         # Under torchrun (onmkd.training.distributed) every rank builds the same trainer; rank 0
         # alone logs and writes, and each rank encodes its shard of every batch.
         self.world = distributed.world_size()
@@ -257,6 +287,8 @@ class Trainer:
         self.history: list[dict] = []
         self.best = {"score": -1.0, "peer": 0, "epoch": -1}
         self.peer_best = [-1.0] * len(self.peers)
+        self.dev_pids = dev_pool(self.data, cfg)
+        self._dev_vectors: tuple[int, list[np.ndarray], list[str], list[str]] | None = None  # the last dev encoding
 
     # ----------------------------------------------------------------- run directory
 
@@ -333,7 +365,7 @@ class Trainer:
     def _tower(self, enc, texts: list[str], max_length: int, chunk: int) -> gradcache.Tower:
         """``texts`` as GradCache sub-batches of ``chunk``: sorted by length, each padded to its
         longest member (as :meth:`Encoder.embed_texts` splits them), then put back in input order."""
-        ids = enc.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        ids = token_ids(enc.tokenizer, texts, max_length)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         chunks = []
         for start in range(0, len(order), chunk):
@@ -466,7 +498,7 @@ class Trainer:
         split = data.split(d.dev_split)
         ecfg = EvalConfig(model="dev", dataset=d.dataset, split=d.dev_split, q_max_len=d.q_max_len,
                           p_max_len=d.p_max_len, batch_size=self.cfg.train.eval_batch_size, titles=d.titles)
-        pids = list(data.corpus)
+        pids = self.dev_pids
         ptexts = [passage_text(data.corpus[p], d.titles) for p in pids]
         qids = list(split.queries)
         qtexts = [split.queries[q] for q in qids]
@@ -480,6 +512,7 @@ class Trainer:
             row["peers"].append(score_run(run, data, d.dev_split))
             qall.append(qv / len(self.peers))
             pall.append(pv)
+        self._dev_vectors = (epoch, pall, pids, ptexts)
         if len(self.peers) > 1:
             run, _ = dense_run(np.hstack(qall), np.hstack(pall), qids, pids, ecfg)
             row["ensemble"] = score_run(run, data, d.dev_split)
@@ -506,7 +539,8 @@ class Trainer:
                     continue
                 if self.world > 1:
                     distributed.seed_step(cfg.train.seed, self.step)
-                logs = self.train_step(chunk, cands, labels)
+                with self.phases("steps"):
+                    logs = self.train_step(chunk, cands, labels)
                 self.step += 1
                 n_last += len(chunk)
                 now = time.perf_counter()
@@ -517,24 +551,29 @@ class Trainer:
                 if self.step % 10 == 0:
                     self.log(f"step {self.step}: loss {logs['total']:.4f}  {row['examples_per_s']:.1f} q/s")
                 if self.step % cfg.train.checkpoint_every == 0 and b + 1 < len(plan) and self.is_main:
-                    self._save_state(epoch, b + 1)
+                    with self.phases("checkpoint"):
+                        self._save_state(epoch, b + 1)
             skip = 0
-            dev = distributed.on_main(lambda: self.dev_eval(epoch))  # the other ranks wait for it
+            with self.phases("dev"):
+                dev = distributed.on_main(lambda: self.dev_eval(epoch))  # the other ranks wait for it
             self._append("dev.jsonl", dev)
             self.history.append(dev)
-            improved = self._keep_best(dev, epoch)
-            if self.is_main:
-                self._save_state(epoch + 1, 0)
+            with self.phases("checkpoint"):
+                improved = self._keep_best(dev, epoch)
+                if self.is_main:
+                    self._save_state(epoch + 1, 0)
             metric = primary_metric(dev["peers"][0])
             self.log(f"dev {metric}: " + ", ".join(f"peer{k} {p[metric]:.4f}" for k, p in enumerate(dev["peers"]))
                      + (f", ensemble {dev['ensemble'][metric]:.4f}" if "ensemble" in dev else ""))
             if self.on_epoch is not None:
-                distributed.on_main(lambda: self.on_epoch(epoch, dev))
+                with self.phases("prune"):
+                    distributed.on_main(lambda: self.on_epoch(epoch, dev))
             bad_epochs = 0 if improved else bad_epochs + 1
             if cfg.train.patience and bad_epochs >= cfg.train.patience:
                 self.log(f"early stop: no dev improvement for {bad_epochs} epochs")
                 break
-        return distributed.on_main(self._finish)
+        with self.phases("select"):
+            return distributed.on_main(self._finish)
 
     def _keep_best(self, dev: dict, epoch: int) -> bool:
         metric = primary_metric(dev["peers"][0])
@@ -564,9 +603,23 @@ class Trainer:
         if "ensemble" in dev:
             result["dev_ensemble"] = dev["ensemble"]
             result["top20_overlap"] = dev["top20_overlap"]
+        self._cache_student_vectors(k)
         write_json(self.out / "metrics.json", result)
         shutil.rmtree(self.out / "checkpoint", ignore_errors=True)
         return result
+
+    def _cache_student_vectors(self, k: int) -> None:
+        """When the student is the peer as it stands after the last dev evaluation, its corpus vectors
+        from that evaluation are the ones a test evaluation would compute (same weights, texts,
+        length and batches): put them in the encoded-corpus cache instead of encoding again."""
+        if self._dev_vectors is None or self.world > 1:
+            return
+        epoch, pvecs, pids, ptexts = self._dev_vectors
+        if epoch != self.best["epoch"] or epoch != self.history[-1]["epoch"] or len(pids) != len(self.data.corpus):
+            return
+        from onmkd.retrieval.evaluate import store_encoded
+
+        store_encoded(self.peers[k].passage, pids, ptexts, self.cfg.data.p_max_len, pvecs[k])
 
 
 STATE_KEYS = ("step", "epoch", "batch_in_epoch", "peers", "optimizer", "scheduler", "rng", "history", "best", "peer_best")
@@ -608,11 +661,14 @@ def check_run_dir(cfg: RunConfig, out: Path, write: bool = True) -> None:
         write_json(saved, {"onmkd_version": __version__, **cfg.to_dict()})
 
 
-def train(cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=print, on_epoch=None) -> dict:
+def train(cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=print, on_epoch=None,
+          phases: Phases | None = None) -> dict:
     """Train as ``cfg`` says into ``out_dir`` (resuming a run left there); returns final dev metrics.
 
     ``on_epoch(epoch, dev_row)`` is called after every dev evaluation (the sweep reports to
-    Optuna and prunes there); the run directory is locked while training.
+    Optuna and prunes there); the run directory is locked while training. ``phases``
+    (:class:`onmkd.timing.Phases`) receives the time of set-up, steps, checkpoints, dev evaluation,
+    pruning and selection.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group (:mod:`onmkd.training.distributed`)
     and trains data-parallel; rank 0 alone logs, locks and writes the run directory, and every
@@ -637,7 +693,7 @@ def train(cfg: RunConfig, out_dir: str | Path, data: Dataset | None = None, log=
             return done
         with contextlib.ExitStack() as lock:
             distributed.on_main(lambda: lock.enter_context(run_lock(out)))  # a refusal reaches every rank
-            return Trainer(cfg, out, data, log, on_epoch).run()
+            return Trainer(cfg, out, data, log, on_epoch, phases).run()
 
 
 def _quiet(message: str) -> None:
