@@ -41,7 +41,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 
 def methods_help() -> str:
-    """"onmkd, dml (...), dpr (...) or kd (...)": the help text of ``train.method``."""
+    """The help text of ``train.method``: the methods' summaries, "onmkd, dml (...), dpr (...) or kd (...)"."""
     names = [m.summary for m in METHODS.values()]
     return ", ".join(names[:-1]) + " or " + names[-1]
 
