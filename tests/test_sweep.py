@@ -132,7 +132,7 @@ def test_default_space_and_sampled_configs():
                         "model.layers": 3, "loss.alpha": 0.5})
     assert [p.checkpoint for p in cfg.model.peer] == ["minilm-l6", "minilm-l6"]
     assert [p.layer_rule for p in cfg.model.peer] == ["even", "even"]
-    assert (cfg.model.layers, cfg.loss.alpha, cfg.data.max_train_questions) == (3, 0.5, 160)
+    assert (cfg.model.layers, cfg.loss.alpha, cfg.data.max_train_questions) == (3, 0.5, 128)
 
 
 def test_conditional_param_is_sampled_only_when_its_condition_holds(tmp_path, tiny_model_dir, tiny_squad):

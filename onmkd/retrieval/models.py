@@ -424,7 +424,8 @@ def encode_sorted(tokenizer, texts: Sequence[str], run: Callable[[torch.Tensor, 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     left = getattr(tokenizer, "padding_side", "right") == "left"
     out = np.empty((len(texts), dim), dtype=np.float32)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+    quiet = not progress or os.environ.get("TQDM_DISABLE", "") not in ("", "0")  # a sweep logs lines, not bars
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=quiet, unit="batch"):
         idx = order[start : start + batch_size]
         width = int(lengths[idx].max())
         input_ids = np.full((len(idx), width), pad, dtype=np.int64)

@@ -393,9 +393,9 @@ def run_trials(space: Space, study, study_dir: Path, data, *, n_trials: int, tim
     log(f"study {study.study_name}: {done} of {n_trials} trials finished; running the rest")
     phases = phases or Phases()
 
-    def progress() -> str:
+    def progress() -> str:  # said as a trial ends, before Optuna records it: count it as done
         c = counts(study)
-        done = c["complete"] + c["pruned"]
+        done = c["complete"] + c["pruned"] + 1
         text = f"; {done}/{n_trials} trials done, {phases.wall():.0f} s into the sweep"
         if space.study.budget_s:
             text += f", {max(0.0, space.study.budget_s - phases.wall()):.0f} s of the budget left"
@@ -523,7 +523,7 @@ def plan_final(space: Space, chosen: list, seconds_left: float | None, corpus: i
         train_s = sum(ph.get(k, 0.0) for k in ("setup", "steps", "checkpoint", "dev", "select")) or float(t.user_attrs.get("seconds", 60.0))
         pool = int(cfg["data"].get("dev_pool") or 0) or corpus or 1
         # seconds per passage and layer, from the dev evaluations (passages dominate their cost)
-        r = ph.get("dev", 0.2 * train_s) / max(1, peers * epochs * min(pool, corpus or pool) * max(1, layers))
+        r = ph.get("dev/passages", ph.get("dev", 0.2 * train_s)) / max(1, peers * epochs * min(pool, corpus or pool) * max(1, layers))
         rate = max(rate, r)
         test = r * (corpus or pool) * max(1, layers) + 5.0
         per_seed += train_s + test + len(f.baselines) * (train_s / max(1, peers) + test)
@@ -540,8 +540,8 @@ def plan_final(space: Space, chosen: list, seconds_left: float | None, corpus: i
 
     cut = []
     if seconds_left is not None:
-        while len(seeds) > 1 and total(len(seeds), encoders) > seconds_left:
-            seeds.pop()
+        while len(seeds) > min(2, len(f.seeds)) and total(len(seeds), encoders) > seconds_left:
+            seeds.pop()  # never below two: a spread needs two seeds (the encoders go first)
         if len(seeds) < len(f.seeds):
             cut.append(f"seeds {seeds} of {list(f.seeds)}: the budget left {seconds_left:.0f} s and each seed "
                        f"costs about {per_seed:.0f} s")
@@ -551,7 +551,8 @@ def plan_final(space: Space, chosen: list, seconds_left: float | None, corpus: i
             encoders.remove(name)
             cut.append(f"encoder {name} not evaluated: about {encoder_cost(name):.0f} s past the budget")
         if total(len(seeds), encoders) > seconds_left:
-            cut.append(f"over the budget by about {total(len(seeds), encoders) - seconds_left:.0f} s even with one seed")
+            cut.append(f"over the budget by about {total(len(seeds), encoders) - seconds_left:.0f} s with "
+                       f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} and no encoder as released")
     return {"seeds": seeds, "encoders": encoders, "cut": cut, "seconds": total(len(seeds), encoders)}
 
 

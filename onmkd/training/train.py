@@ -505,7 +505,8 @@ class Trainer:
         row: dict = {"epoch": epoch, "step": self.step, "peers": []}
         qall, pall, runs = [], [], []
         for dual in self.peers:
-            pv = dual.passage.encode(ptexts, max_length=d.p_max_len, batch_size=ecfg.batch_size)
+            with self.phases("passages"):  # (the sweep prices test encodings from this rate)
+                pv = dual.passage.encode(ptexts, max_length=d.p_max_len, batch_size=ecfg.batch_size)
             qv = dual.question.encode(qtexts, max_length=d.q_max_len, batch_size=ecfg.batch_size)
             run, _ = dense_run(qv, pv, qids, pids, ecfg)
             runs.append(run)
