@@ -84,7 +84,7 @@ def by_kind(summary: dict, others: list[dict] = ()) -> list[tuple[str, float, in
             parts = name.split("/")
             c = summ["counts"].get(name, 1)
             if parts[0] == "trials" and len(parts) > 1 and parts[1].startswith("trial "):
-                add("trials/" + ("/".join(parts[2:3]) or "all trials"), s, c if len(parts) > 2 else 1)
+                add("trials/" + ("/".join(parts[2:]) or "all trials"), s, c if len(parts) > 2 else 1)
             elif i == 0 and len(parts) <= (3 if parts[0] == "final" else 1):
                 add(name, s, c)
     order = {"setup": 0, "trials": 1, "final": 2, "report": 3}

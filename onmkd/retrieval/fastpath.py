@@ -8,7 +8,8 @@ add applied in the GEMM's epilogue: ``torch.ops.mkldnn._linear_pointwise``, a pr
 so it is checked against ``F.linear`` once per process and skipped if absent or different), one
 GEMM for Q, K and V together, PyTorch's fused CPU attention with one broadcast ``[B, 1, 1, T]``
 key mask, and the feed-forward in blocks of tokens that stay in cache. Measured on this
-project's CPU (AVX-512, 2 cores) it is about 1.3x faster than the ``transformers`` forward, with
+project's CPU (AVX-512, 2 cores) it is about 1.3x faster than the ``transformers`` forward (1.07x on
+an AVX2-only CPU, where GEMMs take 76 % of that forward: reports/forward_profile_avx2.md), with
 outputs equal to ~2e-7 (the GEMMs add in another order); ``reports/encode_vs_st.md`` has the
 figures.
 

@@ -471,9 +471,10 @@ def _study_tables(study_dir) -> dict:
         wall = timings["wall_s"]
         rows = [{"phase": r["kind"], "seconds": f"{r['seconds']:.1f}", "share": f"{r['seconds'] / wall:.1%}",
                  "times": str(r["count"])} for r in timings["by_kind"]]
-        out["time"] = (pd.DataFrame(rows), f"Where the time went: the last sweep command's {wall:.0f} s of wall "
-                       "time by phase (timings.json; trials/* sum every trial's phases, nested phases are part of "
-                       "their parent's time).")
+        out["time"] = (pd.DataFrame(rows), f"Where the time went: the last sweep command's first {wall:.0f} s of "
+                       "wall time (up to this report) by phase, from timings.json. trials/X sums phase X over every "
+                       "trial (of every worker); a nested phase (dev/passages inside dev, final/RUN/train inside "
+                       "final/RUN) is part of its parent's time, so only top-level rows add up to the total.")
     return out
 
 
