@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onmkd.errors import ConfigError
+from onmkd.errors import ConfigError, shown
 from onmkd.io import parse_text
 from onmkd.training.methods import METHODS, check_peers, methods_help
 LAYER_RULES = ("first", "last", "even", "list")
@@ -165,7 +165,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean '{(where + '.') if where else ''}{close[0]}'?)" if close else f" (fields: {', '.join(names)})"
-            raise ConfigError(f"unknown field '{full}'{hint}")
+            raise ConfigError(f"unknown field '{shown(full)}'{hint}")
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
 

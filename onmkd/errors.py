@@ -15,3 +15,9 @@ class ConfigError(OnmkdError):
 
 class ModelError(OnmkdError):
     """A model name, path or checkpoint cannot be resolved or loaded."""
+
+
+def shown(text: str) -> str:
+    """``text`` as an error message may quote it: as it is when printable, else with escapes
+    (a key holding a line break such as U+0085 must not break the message's one line)."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")

@@ -64,3 +64,12 @@ def test_every_field_has_help():
     rows = describe()
     assert len(rows) > 30 and all(help_ for _, _, help_ in rows)
     assert RunConfig().model.peer[1].checkpoint == "minilm-l6-sre"
+
+
+def test_an_unknown_key_with_a_line_break_still_fails_on_one_line(tmp_path):
+    """U+0085 (NEL) is a line break to str.splitlines: an unknown key holding it is shown escaped."""
+    path = tmp_path / "run.toml"
+    path.write_text('[train]\n"ep\\u0085ochs" = 1\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert len(str(err.value).splitlines()) == 1 and "\\x85" in str(err.value)

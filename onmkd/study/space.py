@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from onmkd.config import RunConfig, _coerce, from_dict, load_config, read_toml
-from onmkd.errors import ConfigError
+from onmkd.errors import ConfigError, shown
 from onmkd.io import check_component
 from onmkd.training.methods import METHODS
 
@@ -180,7 +180,7 @@ def _assign(tree: dict, path: str, value: Any, where: str) -> None:
                 keys = list(node) if isinstance(node, dict) else []
                 close = difflib.get_close_matches(name, keys, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else (f" (fields: {', '.join(keys)})" if keys else "")
-                raise ConfigError(f"{where}: unknown config field '{name}' in {path!r}{hint}")
+                raise ConfigError(f"{where}: unknown config field '{shown(name)}' in {path!r}{hint}")
             if index is None:
                 if last:
                     node[name] = _complete(name, copy.deepcopy(value))
