@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encode_vs_st import cpu_name  # noqa: E402
+from encode_vs_st import cpu_name, write_report  # noqa: E402
 
 
 def main() -> int:
@@ -68,10 +67,7 @@ def main() -> int:
              f"same winner: {result['same_winner']} (pool: trial {best_pool}, corpus: trial {best_corpus}).", "",
              "| trial | pool | whole corpus |", "|---:|---:|---:|",
              *[f"| {r['trial']} | {r['pool']:.4f} | {r['corpus']:.4f} |" for r in rows], ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.out}.md").write_text("\n".join(lines))
-    Path(f"{args.out}.json").write_text(json.dumps(result, indent=2))
-    print("\n".join(lines))
+    write_report(str(args.out), result, lines)
     return 0
 
 

@@ -51,6 +51,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def write_report(stem: str, result: dict, lines: list[str]) -> None:
+    """Write ``STEM.md`` (the lines) and ``STEM.json`` (the result) and print the lines."""
+    import json
+
+    Path(stem).parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{stem}.md").write_text("\n".join(lines))
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=2))
+    print("\n".join(lines))
+
+
 def build(which: str, tmp: Path):
     """(name, onmkd Encoder, sentence-transformers folder) of the teacher or the 2-layer student."""
     from onmkd.retrieval.models import Encoder, resolve

@@ -17,7 +17,6 @@ CPU and the ISA PyTorch's kernels use.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encode_vs_st import cpu_name  # noqa: E402
+from encode_vs_st import cpu_name, write_report  # noqa: E402
 
 GEMM = ("addmm", "aten::mm", "bmm", "linear", "_linear_pointwise", "matmul", "mkldnn")
 ATTENTION = ("scaled_dot_product", "flash_attention", "_efficient_attention", "softmax")
@@ -106,11 +105,7 @@ def main() -> int:
         lines.append(f"| {k} | {r['wall_s']:.2f} | {r['gemm_share']:.1%} | {r['attention_share']:.1%} | {r['other_share']:.1%} |")
     lines += ["", f"Fused speed-up over the transformers forward: **{summary['fused_speedup']:.2f}x**; "
               f"the most any fusion outside the GEMMs could give (1 / GEMM share): {summary['amdahl_bound']:.2f}x.", ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tag = summary["aten_capability"].lower()
-    Path(f"{args.out}_{tag}.md").write_text("\n".join(lines))
-    Path(f"{args.out}_{tag}.json").write_text(json.dumps(summary, indent=2))
-    print("\n".join(lines))
+    write_report(f"{args.out}_{summary['aten_capability'].lower()}", summary, lines)
     return 0
 
 

@@ -17,7 +17,6 @@ passages of 128 tokens, ``onmkd``) and runs ``--steps`` steps after ``--warmup``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -29,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encode_vs_st import cpu_name, sustained_gemm_gflops  # noqa: E402
+from encode_vs_st import cpu_name, sustained_gemm_gflops, write_report  # noqa: E402
 from forward_profile import kind  # noqa: E402
 
 
@@ -107,11 +106,8 @@ def main() -> int:
              "Self CPU time of one step: " + ", ".join(f"{k} {v / total:.1%}" for k, v in by.items()) + ".", "",
              "| op (self CPU time) | share | calls |", "|---|---:|---:|",
              *[f"| `{k}` | {v:.1%} | {c} |" for k, v, c in top_ops], ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     tag = result["aten_capability"].lower() + ("" if args.adamw == "fused" else f"_{args.adamw}")
-    Path(f"{args.out}_{tag}.md").write_text("\n".join(lines))
-    Path(f"{args.out}_{tag}.json").write_text(json.dumps(result, indent=2))
-    print("\n".join(lines))
+    write_report(f"{args.out}_{tag}", result, lines)
     return 0
 
 

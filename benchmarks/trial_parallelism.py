@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encode_vs_st import cpu_name  # noqa: E402
+from encode_vs_st import cpu_name, write_report  # noqa: E402
 
 TRIAL = ["data.max_train_questions=256", "data.p_max_len=128", "train.epochs=2", "train.checkpoint_every=8",
          "model.layers=2"]
@@ -64,10 +64,7 @@ def main() -> int:
              f"**{result['sequential_s']:.0f} s**; side by side with {each} thread(s) each **{result['parallel_s']:.0f} s**: "
              f"parallel trials are **{result['speedup_parallel']:.2f}x** as fast. Dev metrics identical either way: "
              f"{same}. Load average {result['load_avg_start']:.2f} before, {result['load_avg_end']:.2f} after.", ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.out}.md").write_text("\n".join(lines))
-    Path(f"{args.out}.json").write_text(json.dumps(result, indent=2))
-    print("\n".join(lines))
+    write_report(str(args.out), result, lines)
     return 0
 
 
