@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from onmkd.errors import OnmkdError
+from onmkd.errors import ConfigError, OnmkdError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Train, benchmark and ablate small dense passage retrievers (OnMKD).")
@@ -300,21 +300,41 @@ def report_cmd(
 @_errors
 def paper_cmd(
     ctx: typer.Context,
-    plan: Annotated[Path, typer.Option("--plan", "-p", help="Plan of the paper's tables.")] = Path("experiments/paper.toml"),
-    out: Annotated[Path, typer.Option(help="Folder of the runs and the manifest (rerunning resumes).")] = Path("runs/paper"),
-    report_dir: Annotated[Path, typer.Option("--report", help="Folder for the report.")] = Path("reports/paper"),
+    plan: Annotated[Path, typer.Option("--plan", "-p", help="Plan of the paper's tables, or a findings plan (one with [benchmarks]: experiments/findings.toml).")] = Path("experiments/paper.toml"),
+    out: Annotated[Optional[Path], typer.Option(help="Folder of the runs and the manifest (rerunning resumes) [default: runs/paper, runs/findings for a findings plan].")] = None,
+    report_dir: Annotated[Optional[Path], typer.Option("--report", help="Folder for the report [default: reports/paper, reports/findings for a findings plan].")] = None,
     seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Seeds (repeatable) [default: the plan's].")] = None,
-    table: Annotated[Optional[list[str]], typer.Option(help="Only these tables: main, layers, ablation (repeatable).")] = None,
+    table: Annotated[Optional[list[str]], typer.Option(help="Only these tables: main, layers, ablation (repeatable; paper plans).")] = None,
+    benchmark: Annotated[Optional[list[str]], typer.Option(help="Only these benchmarks of a findings plan (repeatable), in this order.")] = None,
+    estimate: Annotated[bool, typer.Option(help="Print how many runs are left and their estimated time, then stop (findings plans).")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field of every run: section.field=value.")] = None,
     remeasure: Annotated[bool, typer.Option(help="Measure size and latency of finished runs again (quality kept): for a quiet machine.")] = False,
     finished_only: Annotated[bool, typer.Option(help="Train nothing: report the runs that have finished.")] = False,
 ) -> None:
-    """Train and evaluate every run of the paper's tables (main, layers, ablations) and write the report."""
+    """Train and evaluate every run of the paper's tables (main, layers, ablations), or of a findings
+    plan on each of its benchmarks, and write the report."""
+    from onmkd.study.findings import is_findings_plan, load_findings, run_findings
     from onmkd.study.paper import load_plan, run_paper
 
+    log = lambda m: typer.echo(m, err=True)  # noqa: E731
+    if is_findings_plan(plan):
+        if table:
+            raise ConfigError("--table: a findings plan has no tables to pick; use --benchmark")
+        if remeasure:
+            raise ConfigError("--remeasure: not supported for a findings plan (its report compares quality, not latency)")
+        report_dir = report_dir or Path("reports/findings")
+        run_findings(load_findings(plan, set_ or []), out or Path("runs/findings"), seeds=tuple(seeds) if seeds else None,
+                     benchmarks=tuple(benchmark or ()), report_dir=report_dir, command=invocation(ctx),
+                     finished_only=finished_only, estimate_only=estimate, log=log)
+        if not estimate:
+            typer.echo(f"report: {report_dir / 'README.md'}")
+        return
+    if benchmark or estimate:
+        raise ConfigError(f"{'--benchmark' if benchmark else '--estimate'}: only for a findings plan (one with [benchmarks]); {plan} is a paper plan")
+    report_dir = report_dir or Path("reports/paper")
     p = load_plan(plan, set_ or [])
-    run_paper(p, out, seeds=tuple(seeds) if seeds else None, tables=tuple(table or ()), report_dir=report_dir,
-              command=invocation(ctx), remeasure=remeasure, finished_only=finished_only, log=lambda m: typer.echo(m, err=True))
+    run_paper(p, out or Path("runs/paper"), seeds=tuple(seeds) if seeds else None, tables=tuple(table or ()),
+              report_dir=report_dir, command=invocation(ctx), remeasure=remeasure, finished_only=finished_only, log=log)
     typer.echo(f"report: {report_dir / 'README.md'}")
 
 

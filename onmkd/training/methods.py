@@ -37,6 +37,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dml", "DML", "dml (onmkd without the cross-wise term)", peers=True, kl=True),
     Method("dpr", "DPR", "dpr (NLL alone, one student)", peers=False),
     Method("kd", "KD", "kd (offline distillation from loss.teacher)", peers=False, kl=True, teacher=True),
+    Method("independent", "Independent peers",
+           "independent (K peers trained side by side on the labels alone, no KL or cross-wise term; the best "
+           "on dev is kept: OnMKD's best-of-K pick without its mutual terms)", peers=True),
 )}
 
 
