@@ -304,7 +304,7 @@ def paper_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Folder of the runs and the manifest (rerunning resumes) [default: runs/paper, runs/findings for a findings plan].")] = None,
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Folder for the report [default: reports/paper, reports/findings for a findings plan].")] = None,
     seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Seeds (repeatable) [default: the plan's].")] = None,
-    table: Annotated[Optional[list[str]], typer.Option(help="Only these tables: main, layers, ablation (repeatable; paper plans).")] = None,
+    table: Annotated[Optional[list[str]], typer.Option(help="Only these tables (repeatable): main, layers, ablation of a paper plan; main, transfer, curve, settings of a findings plan.")] = None,
     benchmark: Annotated[Optional[list[str]], typer.Option(help="Only these benchmarks of a findings plan (repeatable), in this order.")] = None,
     estimate: Annotated[bool, typer.Option(help="Print how many runs are left and their estimated time, then stop (findings plans).")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field of every run: section.field=value.")] = None,
@@ -318,13 +318,11 @@ def paper_cmd(
 
     log = lambda m: typer.echo(m, err=True)  # noqa: E731
     if is_findings_plan(plan):
-        if table:
-            raise ConfigError("--table: a findings plan has no tables to pick; use --benchmark")
         if remeasure:
             raise ConfigError("--remeasure: not supported for a findings plan (its report compares quality, not latency)")
         report_dir = report_dir or Path("reports/findings")
         run_findings(load_findings(plan, set_ or []), out or Path("runs/findings"), seeds=tuple(seeds) if seeds else None,
-                     benchmarks=tuple(benchmark or ()), report_dir=report_dir, command=invocation(ctx),
+                     benchmarks=tuple(benchmark or ()), tables=tuple(table or ()), report_dir=report_dir, command=invocation(ctx),
                      finished_only=finished_only, estimate_only=estimate, log=log)
         if not estimate:
             typer.echo(f"report: {report_dir / 'README.md'}")

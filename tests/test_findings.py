@@ -206,7 +206,7 @@ def test_findings_command_options_fail_with_one_line(tmp_path, tiny_model_dir, t
 
     plan = write_findings(tmp_path, tiny_model_dir, tiny_squad)
     cases = [(["--benchmark", "c"], "--benchmark: 'c' is not one of the plan's benchmarks (a, b)"),
-             (["--table", "main"], "--table: a findings plan has no tables to pick"),
+             (["--table", "layers"], "--table: 'layers' is not a table of a findings plan (main, transfer, curve, settings)"),
              (["--remeasure"], "--remeasure: not supported for a findings plan")]
     for extra, message in cases:
         res = CliRunner().invoke(app, ["paper", "--plan", str(plan), "--out", str(tmp_path / "o"), *extra])
@@ -218,3 +218,21 @@ def test_findings_command_options_fail_with_one_line(tmp_path, tiny_model_dir, t
     paper.write_text('[[main]]\nlabel = "x"\nconfig = "dpr.toml"\n')
     res = CliRunner().invoke(app, ["paper", "--plan", str(paper), "--estimate"])
     assert res.exit_code != 0 and "--estimate: only for a findings plan" in res.output
+
+
+def test_the_shipped_findings_plan_loads_with_every_control_on_every_benchmark():
+    from pathlib import Path
+
+    plan = load_findings(Path(__file__).parent.parent / "experiments" / "findings.toml")
+    assert list(plan.benchmarks) == ["nq-qed", "squad", "scifact"] and plan.seeds == (0, 1, 2)
+    for bench in plan.benchmarks:
+        main = {r.label: r for r in plan.rows if r.table == "main" and r.benchmark == bench}
+        on, dpr = main["OnMKD"].config, main["DPR"].config
+        assert main["DPR, 2x steps"].config.train.epochs == 2 * on.train.epochs
+        assert main["DPR ensemble of 2"].members == 2
+        assert main["Independent peers (best of 2)"].config.peer_inits() == on.peer_inits()
+        assert main["DPR from minilm-l6-sre"].config.peer_inits()[0] == on.peer_inits()[1]
+        assert dpr.peer_inits()[0] == on.peer_inits()[0]
+        # every row of a benchmark trains with the same budget and data
+        assert {(r.config.data, r.config.train.batch_size, r.config.train.lr) for r in main.values()} == {(on.data, 32, on.train.lr)}
+    assert {r.x for r in plan.rows if r.table == "curve"} == {1.0, 2.0, 4.0}

@@ -276,7 +276,7 @@ def jobs(plan: Findings, seeds: tuple[int, ...], benchmarks: tuple[str, ...]) ->
     def rows(table: str, bench: str):
         return [r for r in plan.rows if r.table == table and r.benchmark == bench]
 
-    for table in ("main", "transfer", "curve", "settings"):
+    for table in TABLES:
         for seed in seeds:
             for b in benchmarks:
                 if table == "transfer":
@@ -291,15 +291,18 @@ def jobs(plan: Findings, seeds: tuple[int, ...], benchmarks: tuple[str, ...]) ->
     return out
 
 
+TABLES = ("main", "transfer", "curve", "settings")
+
+
 def run_findings(plan: Findings, out: Path, *, seeds: tuple[int, ...] | None = None, benchmarks: tuple[str, ...] = (),
-                 report_dir: Path | None = None, command: str = "", finished_only: bool = False,
+                 tables: tuple[str, ...] = (), report_dir: Path | None = None, command: str = "", finished_only: bool = False,
                  estimate_only: bool = False, log=print) -> Path:
     """Train and evaluate every row (resuming), the encoders and the transfer runs; write the
     manifest and the findings report."""
     import os
 
     from onmkd.data import load_dataset
-    from onmkd.study.runs import run_dir, train_and_test, evaluate_encoder
+    from onmkd.study.runs import evaluate_encoder, run_dir, train_and_test
     from onmkd.training.train import hold_out_dev
 
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -309,6 +312,9 @@ def run_findings(plan: Findings, out: Path, *, seeds: tuple[int, ...] | None = N
         if b not in plan.benchmarks:
             raise ConfigError(f"--benchmark: {b!r} is not one of the plan's benchmarks ({', '.join(plan.benchmarks)})")
     benches = tuple(benchmarks or plan.benchmarks)
+    for t in tables:
+        if t not in TABLES:
+            raise ConfigError(f"--table: {t!r} is not a table of a findings plan ({', '.join(TABLES)})")
     datasets: dict[str, object] = {}
 
     def data_of(bench: str, cfg: RunConfig):
@@ -316,7 +322,8 @@ def run_findings(plan: Findings, out: Path, *, seeds: tuple[int, ...] | None = N
             datasets[bench] = hold_out_dev(load_dataset(plan.benchmarks[bench]), cfg)
         return datasets[bench]
 
-    todo = jobs(plan, seeds, benches)
+    todo = [j for j in jobs(plan, seeds, benches) if not tables or (j.kind == "transfer" and "transfer" in tables)
+            or (j.kind != "transfer" and j.row.table in tables)]
     first = {b: next(r.config for r in plan.rows if r.benchmark == b) for b in plan.benchmarks}
     sizes = {b: _sizes(data_of(b, first[b]), first[b]) for b in benches}
     seconds = _read_seconds(out)
@@ -366,8 +373,12 @@ def run_findings(plan: Findings, out: Path, *, seeds: tuple[int, ...] | None = N
             left = sum(rates.seconds(units(j)) for j in pending)
             log(f"[{i}/{len(todo)}] {_describe(job)} ({job.kind}): {took:.0f} s; this invocation "
                 f"{fmt_s(done_s)}, about {fmt_s(left)} left")
+    from onmkd.study.runs import encoder_dir
+
     for b in benches:
         for enc in plan.encoders:
+            if finished_only and not (encoder_dir(out / b, enc) / "metrics.json").exists():
+                continue
             log(f"{b}: {enc} as released")
             r = evaluate_encoder(enc, out / b, data_of(b, first[b]), first[b], plan.split, label=enc, stage="findings",
                                  latency_queries=50, table="main")
