@@ -51,10 +51,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from onmkd.config import RunConfig, load_config, read_toml
+from onmkd.config import RunConfig, read_toml
 from onmkd.errors import ConfigError
 from onmkd.io import check_component, write_json
-from onmkd.study.paper import _keys, _list_of, _table, _value
+from onmkd.study.paper import _keys, _list_of, _table, _value, plan_config, read_head
 from onmkd.training.methods import METHODS, method_role
 
 ROLES = ("onmkd", "same-depth baseline", "compute-matched")
@@ -118,18 +118,7 @@ def load_findings(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     raw = read_toml(p, "plan")[1]
     src = str(p)
     _keys(raw, {"paper", "benchmarks", "main", "curves", "settings", "transfer"}, src)
-    head = _table(raw, "paper", f"{src}: [paper]")
-    _keys(head, {"seeds", "split", "encoders", "budget"}, f"{src}: paper")
-    seeds = tuple(_list_of(head, "seeds", int, [0, 1, 2], f"{src}: paper.seeds"))
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{src}: paper.seeds: a non-empty list of distinct integers, got {list(seeds)!r}")
-    split = head.get("split", "test")
-    if not isinstance(split, str):
-        raise ConfigError(f"{src}: paper.split: expected a split name, got {split!r}")
-    check_component(split, f"{src}: paper.split")
-    encoders = tuple(_list_of(head, "encoders", str, [], f"{src}: paper.encoders"))
-    budget = tuple(f"{k}={_value(v)}" for k, v in _table(head, "budget", f"{src}: paper.budget").items()) + tuple(overrides)
-
+    head = read_head(raw, src, overrides)
     benches = _table(raw, "benchmarks", f"{src}: [benchmarks]")
     if not benches:
         raise ConfigError(f"{src}: [benchmarks]: name at least one benchmark (name = \"data set spec\")")
@@ -140,15 +129,7 @@ def load_findings(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     names = list(benches)
 
     def cfg(rel, where: str, bench: str, extra=()) -> RunConfig:
-        if not isinstance(rel, str):
-            raise ConfigError(f"{where}: expected a config path (a string), got {rel!r}")
-        try:
-            c = load_config(p.parent / rel, [*budget, f"data.dataset={_value(benches[bench])}", *extra])
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
-        if split in (c.data.dev_split, c.data.train_split):
-            raise ConfigError(f"{where}: trains or selects on the {split!r} split")
-        return c
+        return plan_config(p, rel, where, head, (f"data.dataset={_value(benches[bench])}", *extra))
 
     rows: list[Row] = []
     main = raw.get("main", [])
@@ -217,7 +198,7 @@ def load_findings(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     for label in transfer:
         if label not in labels:
             raise ConfigError(f"{src}: transfer.labels: {label!r} is not a main row's label ({', '.join(labels)})")
-    return Findings(src, seeds, split, encoders, dict(benches), tuple(rows), transfer, budget)
+    return Findings(src, head.seeds, head.split, head.encoders, dict(benches), tuple(rows), transfer, head.budget)
 
 
 # --------------------------------------------------------------------------- pricing

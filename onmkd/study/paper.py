@@ -88,33 +88,56 @@ def _list_of(raw: dict, key: str, kind: type, default: list, where: str) -> list
     return value
 
 
+@dataclass(frozen=True)
+class Head:
+    """A plan's ``[paper]`` table, checked."""
+
+    seeds: tuple[int, ...]
+    split: str
+    encoders: tuple[str, ...]
+    budget: tuple[str, ...]  # ``section.field=value`` overrides of every run, the command line's last
+
+
+def read_head(raw: dict, src: str, overrides=()) -> Head:
+    """The ``[paper]`` table of a plan (``raw``: the whole file) and the command line's ``overrides``."""
+    head = _table(raw, "paper", f"{src}: [paper]")
+    _keys(head, {"seeds", "split", "encoders", "budget"}, f"{src}: paper")
+    seeds = tuple(_list_of(head, "seeds", int, [0, 1, 2], f"{src}: paper.seeds"))
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{src}: paper.seeds: a non-empty list of distinct integers, got {list(seeds)!r}")
+    split = head.get("split", "test")
+    if not isinstance(split, str):
+        raise ConfigError(f"{src}: paper.split: expected a split name, got {split!r}")
+    check_component(split, f"{src}: paper.split")  # it names each run's test folder
+    encoders = tuple(_list_of(head, "encoders", str, [], f"{src}: paper.encoders"))
+    budget = tuple(f"{k}={_value(v)}" for k, v in _table(head, "budget", f"{src}: paper.budget").items()) + tuple(overrides)
+    return Head(seeds, split, encoders, budget)
+
+
+def plan_config(plan_file: Path, rel, where: str, head: Head, extra=()) -> RunConfig:
+    """The run config ``rel`` (relative to the plan) with the budget and ``extra`` overrides, checked
+    not to train or select on the plan's test split; errors name ``where``."""
+    if not isinstance(rel, str):
+        raise ConfigError(f"{where}: expected a config path (a string), got {rel!r}")
+    try:
+        c = load_config(plan_file.parent / rel, [*head.budget, *extra])
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if head.split in (c.data.dev_split, c.data.train_split):
+        raise ConfigError(f"{where}: trains or selects on the {head.split!r} split")
+    return c
+
+
 def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
     """Read a plan; every config is loaded (with the budget and ``overrides``) and checked now."""
     p = Path(path)
     raw = read_toml(p, "plan")[1]
     src = str(p)
     _keys(raw, {"paper", "main", "layers", "ablations"}, src)
-    head = _table(raw, "paper", f"{src}: [paper]")
-    _keys(head, {"seeds", "split", "encoders", "budget"}, f"{src}: paper")
-    seeds = tuple(_list_of(head, "seeds", int, [0, 1, 2], f"{src}: paper.seeds"))
-    if not seeds:
-        raise ConfigError(f"{src}: paper.seeds: a non-empty list of integers, got {seeds!r}")
-    if not isinstance(head.get("split", "test"), str):
-        raise ConfigError(f"{src}: paper.split: expected a split name, got {head['split']!r}")
-    check_component(head.get("split", "test"), f"{src}: paper.split")  # it names each run's test folder
-    _list_of(head, "encoders", str, [], f"{src}: paper.encoders")
-    budget = [f"{k}={_value(v)}" for k, v in _table(head, "budget", f"{src}: paper.budget").items()] + list(overrides)
+    head = read_head(raw, src, overrides)
 
     def cfg(rel: str, where: str, extra: tuple[str, ...] = ()) -> RunConfig:
-        if not isinstance(rel, str):
-            raise ConfigError(f"{where}: expected a config path (a string), got {rel!r}")
-        try:
-            c = load_config(p.parent / rel, [*budget, *extra])
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
-        if c.data.dev_split == head.get("split", "test") or c.data.train_split == head.get("split", "test"):
-            raise ConfigError(f"{where}: trains or selects on the {head.get('split', 'test')!r} split")
-        return c
+        return plan_config(p, rel, where, head, extra)
 
     entries: list[Entry] = []
     main = raw.get("main", [])
@@ -151,7 +174,7 @@ def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
             entries.append(Entry("ablation", name, "ablation", cfg(rel, f"{src}: ablations.configs.{name}"), rel))
     if not entries:
         raise ConfigError(f"{src}: no runs: add [[main]] entries, [layers] or [ablations]")
-    return Plan(src, seeds, head.get("split", "test"), tuple(head.get("encoders", ())), tuple(entries))
+    return Plan(src, head.seeds, head.split, head.encoders, tuple(entries))
 
 
 def run_paper(plan: Plan, out: Path, *, seeds: tuple[int, ...] | None = None, tables: tuple[str, ...] = (),
