@@ -343,7 +343,7 @@ def run_findings(plan: Findings, out: Path, *, seeds: tuple[int, ...] | None = N
         elif job.kind == "ensemble":
             rows.append(_ensemble(out, row, seed, data, plan.split))
         else:
-            rows.append(_transfer(out, job, data_of(job.test_on, first[job.test_on]), plan.split))
+            rows.append(_transfer(out, job, data, data_of(job.test_on, first[job.test_on]), plan.split))
         if fresh:
             took = time.monotonic() - t
             seconds[_key(out, job, plan.split)] = took
@@ -367,7 +367,8 @@ def run_findings(plan: Findings, out: Path, *, seeds: tuple[int, ...] | None = N
             rows.append({**r, "benchmark": b, "test_on": b})
     left_over = [j for k, j in unique.items() if not _done(out, j, plan.split)]
     _write_manifest(plan, out, rows, command=command, pending=[_describe(j) for j in left_over],
-                    estimate=fmt_s(sum(rates.seconds(units(j)) for j in left_over)))
+                    estimate=fmt_s(sum(rates.seconds(units(j)) for j in left_over)),
+                    whole=fmt_s(sum(rates.seconds(units(j)) for j in unique.values())))
     from onmkd.study.findings_report import build_findings_report
 
     build_findings_report(out, report_dir or Path("reports/findings"), command=command, log=log)
@@ -461,12 +462,16 @@ def _ensemble(out: Path, row: Row, seed: int, data, split: str) -> dict:
             "train_steps_s": sum(p["train_steps_s"] or 0.0 for p in parts)}
 
 
-def _transfer(out: Path, job: Job, data, split: str) -> dict:
-    """The row's first student (trained on its benchmark) searching another benchmark's test set."""
+def _transfer(out: Path, job: Job, own, data, split: str) -> dict:
+    """The row's first student, trained on its benchmark (``own``; trained now if it is not yet),
+    searching another benchmark's test set (``data``)."""
     from onmkd.study.runs import run_dir, test_evaluate
+    from onmkd.training.train import train
 
     run = run_dir(out, job.cfg)
     target = run / f"transfer-{job.test_on}"
+    if not (target / "metrics.json").exists():
+        train(job.cfg, run, own, log=lambda m: None)  # kept as it is when finished
     test_evaluate(str(run), target, data, job.cfg, split, latency_queries=10)
     return {"path": str(target.relative_to(out)), "label": job.row.label, "role": job.row.role, "table": "transfer",
             "method": job.cfg.train.method, "layers": job.cfg.model.layers, "seed": job.seed, "split": split,
@@ -480,15 +485,18 @@ def _describe(job: Job) -> str:
 
 
 def _write_manifest(plan: Findings, out: Path, rows: list[dict], *, command: str = "", pending: list[str] = (),
-                    estimate: str = "") -> None:
+                    estimate: str = "", whole: str = "") -> None:
     """This invocation's rows and earlier invocations' (other seeds or benchmarks); a row of this
     one replaces its equal (same path, table and label)."""
-    old = json.loads((out / "manifest.json").read_text())["runs"] if (out / "manifest.json").exists() else []
+    before = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
+    old = before.get("runs", [])
+    commands = before.get("commands", []) + ([command] if command and command not in before.get("commands", []) else [])
     key = lambda r: (r["path"], r.get("table"), r["label"])  # noqa: E731
     mine = {key(r) for r in rows}
     rows = [r for r in old if key(r) not in mine] + rows
     write_json(out / "manifest.json", {"kind": "findings", "plan": plan.source, "split": plan.split,
                                        "benchmarks": plan.benchmarks, "budget": list(plan.budget),
                                        "seeds": sorted({r["seed"] for r in rows if r.get("seed") is not None}),
-                                       "selection": "dev", "command": command, "pending": list(pending),
-                                       "pending_estimate": estimate, "runs": rows})
+                                       "selection": "dev", "commands": commands, "pending": list(pending),
+                                       "pending_estimate": estimate, "selection_estimate": whole,
+                                       "runs": rows})

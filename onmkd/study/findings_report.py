@@ -304,12 +304,16 @@ def build_findings_report(out: Path, report_dir: Path, *, command: str = "", log
               "the family of main-table comparisons.", ""]
     pending = manifest.get("pending", [])
     lines += ["## How these numbers were made", "",
-              f"- Command: `{command or manifest.get('command', '')}`",
+              "- Commands that made these runs (in order; each resumes the runs before it): "
+              + "; ".join(f"`{c}`" for c in manifest.get("commands", [command])),
+              f"- Report: `{command}`",
               f"- Plan: `{manifest['plan']}`; budget overrides on every run: {', '.join(f'`{b}`' for b in manifest.get('budget', [])) or 'none'}",
               f"- Benchmarks: {', '.join(f'{k} (`{v}`)' for k, v in manifest['benchmarks'].items())}",
               f"- Seeds: {', '.join(str(s) for s in manifest['seeds'])}",
               f"- Machine: {_machine()}",
-              f"- Wall time of the runs timed here: {sum(seconds.values()) / 60:.0f} min over {len(seconds)} runs"
+              f"- Time: the runs of the plan{' this report selected' if manifest.get('selection_estimate') else ''} cost "
+              f"about {manifest.get('selection_estimate', '?')} on this machine (every run priced at the rates measured "
+              f"here); the runs timed here took {sum(seconds.values()) / 60:.0f} min over {len(seconds)} runs"
               + (f"; {len(pending)} runs of the plan not run yet (estimated {manifest.get('pending_estimate', '?')}): "
                  + ", ".join(pending[:12]) + (" …" if len(pending) > 12 else "") if pending else "; every run of the plan finished."),
               ""]
