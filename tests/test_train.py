@@ -152,6 +152,27 @@ def test_resume_after_interruption_matches_uninterrupted(tiny_model_dir, tmp_pat
     assert steps == list(range(1, 7))
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_its_logs_again(tiny_model_dir, tmp_path, monkeypatch):
+    cfg = config(tiny_model_dir, "train.checkpoint_every=50")
+    real = Trainer.train_step
+
+    def dies_at_step_3(self, *args):
+        if self.step == 2:  # mid-epoch 1 (3 steps an epoch): no checkpoint yet
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", tiny_qa(), log=lambda m: None)
+    assert not (tmp_path / "cut" / "checkpoint" / "state.pt").exists()
+    assert len((tmp_path / "cut" / "log.jsonl").read_text().splitlines()) == 2
+    monkeypatch.setattr(Trainer, "train_step", real)
+    train(cfg, tmp_path / "cut", tiny_qa(), log=lambda m: None)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "dev.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7)) and epochs == [0, 1]  # each step and dev epoch once
+
+
 def test_changed_config_in_same_run_dir_is_refused(tiny_model_dir, tmp_path):
     train(config(tiny_model_dir, "train.epochs=1"), tmp_path / "r", tiny_qa(), log=lambda m: None)
     with pytest.raises(ConfigError, match="different config"):

@@ -433,8 +433,9 @@ def _rates(out: Path, todo: list[Job], sizes: dict, seconds: dict, split: str) -
 def _compute(cfg: RunConfig, run: Path) -> dict:
     """A training run's compute: student-steps and, once trained, the measured training-step seconds."""
     log = run / "log.jsonl"
-    steps = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
-    steps_s = sum(cfg.train.batch_size / r["examples_per_s"] for r in steps if r.get("examples_per_s")) if steps else None
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    steps = {r["step"]: r for r in rows}  # the last line of each step (a run restarted from scratch logs it again)
+    steps_s = sum(cfg.train.batch_size / r["examples_per_s"] for r in steps.values() if r.get("examples_per_s")) if steps else None
     n = len(steps)
     return {"epochs": cfg.train.epochs, "students": cfg.model.peers, "student_steps": n * cfg.model.peers,
             "train_steps_s": steps_s}

@@ -179,13 +179,13 @@ def verdict(df: pd.DataFrame, comp: pd.DataFrame) -> list[str]:
         dpr = g[g["baseline"] == "DPR"]
         onmean = pd.to_numeric(df[(df["benchmark"] == bench) & (df["role"] == "onmkd") & (df["table"] == "main")
                                   & (df["test_on"] == bench)][LEAD]).mean()
-        text = (f"**{bench}**: OnMKD {_outcome(best)} against the best other row, {best['baseline']} "
+        text = (f"**{bench}**: OnMKD {_outcome(best)} the best other row, {best['baseline']} "
                 f"({LEAD} {onmean:.3f} vs {best['baseline mean']:.3f}; OnMKD − it {_ci(best)}, 95 % CI over "
                 f"{int(best['n'])} questions, {int(best['seeds'])} seeds averaged; paired t p = {_p(best['p_t'])}, "
                 f"Holm-adjusted {_p(best['p_holm'])})")
         if len(dpr) and dpr.iloc[0]["baseline"] != best["baseline"]:
             d = dpr.iloc[0]
-            text += f"; against DPR it {_outcome(d)} ({_ci(d)})"
+            text += f"; it {_outcome(d)} DPR ({_ci(d)})"
         lines.append(text + ".")
     return lines
 

@@ -321,7 +321,9 @@ class Trainer:
 
     def _load_state(self) -> tuple[int, int]:
         path = self.out / "checkpoint" / "state.pt"
-        if not path.exists():
+        if not path.exists():  # a fresh start, or a run killed before its first checkpoint: drop its lines
+            self._truncate_jsonl("log.jsonl", lambda r: False)
+            self._truncate_jsonl("dev.jsonl", lambda r: False)
             return 0, 0
         state = load_state_file(path, self.device)
         for dual, sd in zip(self.peers, state["peers"]):
