@@ -333,15 +333,17 @@ def test_teacher_vectors_cover_training_questions_and_corpus(tiny_model_dir):
 def test_method_table_drives_validation_and_baselines(tiny_model_dir):
     from onmkd.training.methods import METHODS, as_method, loss_weights, methods_help
 
-    assert methods_help() == ("onmkd, dml (onmkd without the cross-wise term), dpr (NLL alone, one student) "
-                              "or kd (offline distillation from loss.teacher)")
+    assert methods_help().startswith("onmkd, dml (onmkd without the cross-wise term), dpr (NLL alone, one student), "
+                                     "kd (offline distillation from loss.teacher) or independent (K peers")
     cfg = config(tiny_model_dir, "loss.alpha=0.5", "loss.beta=2.0")
     assert loss_weights(cfg) == (0.5, 2.0)
     dml = as_method(cfg, "dml")
     assert (dml.train.method, dml.loss.beta, dml.loss.alpha, dml.model.peers) == ("dml", 0.0, 0.5, 2)
     dpr = as_method(cfg, "dpr")
     assert (dpr.train.method, dpr.model.peers, dpr.model.peer, dpr.loss) == ("dpr", 1, (cfg.peer_inits()[0],), cfg.loss)
-    assert [m.role for m in METHODS.values()] == ["onmkd", "same-depth baseline", "same-depth baseline", "same-depth baseline"]
+    indep = as_method(cfg, "independent")
+    assert (indep.model.peers, loss_weights(indep), indep.loss.alpha, indep.loss.beta) == (2, (0.0, 0.0), 0.0, 0.0)
+    assert [m.role for m in METHODS.values()] == ["onmkd"] + ["same-depth baseline"] * 4
     with pytest.raises(ConfigError, match="model.peers: dml needs at least 2 peers, got 1"):
         config(tiny_model_dir, "train.method=dml", "model.peers=1")
     with pytest.raises(ConfigError, match="model.peers: kd trains one student; set model.peers = 1 \\(got 2\\)"):
