@@ -323,7 +323,9 @@ def build_findings_report(out: Path, report_dir: Path, *, command: str = "", log
         if table.empty:
             continue
         lines += [f"## {bench}", "", "Mean ± sd over seeds. *student-steps*: training steps × students trained (the "
-                  "compute-matched rows match OnMKD's); *train s*: measured seconds of those steps.", "", _md(table), ""]
+                  "compute-matched rows match OnMKD's); *train s*: measured seconds of those steps (wall time: it grows when other "
+                  "work shares the machine, so student-steps are the measure to compare); *dev*: the selection split.", "",
+                  _md(table), ""]
         c = comp[comp["benchmark"] == bench] if len(comp) else comp
         if len(c):
             t = pd.DataFrame({"OnMKD −": c["baseline"], "role": c["role"],
