@@ -20,6 +20,7 @@ import pandas as pd
 
 from onmkd.io import write_json, write_text
 from onmkd.study import stats
+from onmkd.training.methods import METHODS
 
 LEAD = "mrr@10"  # the verdict's metric: defined on every benchmark, and far from saturated
 SHOWN = ("acc@1", "acc@5", "acc@20", "mrr@10", "ndcg@10")
@@ -80,8 +81,10 @@ def collect(out: Path) -> tuple[dict, pd.DataFrame, dict]:
         m = json.loads((path / "metrics.json").read_text())
         run = path.parent / "metrics.json"  # a trained run's selection: dev, over data.dev_pool passages
         dev = json.loads(run.read_text()).get("dev", {}) if r.get("table") != "transfer" and run.exists() else {}
-        rows.append({**r, **{k: m.get(k) for k in (*SHOWN, "params_m", "query_ms_p50")}, "dev": dev.get(LEAD),
-                     **_diagnostics(out, r["path"])})
+        diag = _diagnostics(out, r["path"])
+        if r.get("method") not in METHODS or not METHODS[r["method"]].kl:
+            diag.pop("kl", None)  # a method without the KL term logs 0 for it: not a measured distance
+        rows.append({**r, **{k: m.get(k) for k in (*SHOWN, "params_m", "query_ms_p50")}, "dev": dev.get(LEAD), **diag})
         if (path / "run.trec").exists():
             scores[r["path"]] = per_question(path, datasets[bench], r["split"])
     return manifest, pd.DataFrame(rows), scores
