@@ -482,7 +482,8 @@ def _transfer(out: Path, job: Job, own, data, split: str) -> dict:
 def _describe(job: Job) -> str:
     row = job.row
     where = f"{row.benchmark} -> {job.test_on}" if job.test_on else row.benchmark
-    return f"{where}: {row.table}: {row.label}" + (f" ({row.x:g} epochs)" if row.x else "") + f", seed {job.seed}"
+    epochs = f" ({row.x:g} epoch{'' if row.x == 1 else 's'})" if row.x else ""
+    return f"{where}: {row.table}: {row.label}{epochs}, seed {job.seed}"
 
 
 def _write_manifest(plan: Findings, out: Path, rows: list[dict], *, command: str = "", pending: list[str] = (),
