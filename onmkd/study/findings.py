@@ -308,7 +308,8 @@ def run_findings(plan: Findings, out: Path, *, seeds: tuple[int, ...] | None = N
     first = {b: next(r.config for r in plan.rows if r.benchmark == b) for b in plan.benchmarks}
     sizes = {b: _sizes(data_of(b, first[b]), first[b]) for b in benches}
     seconds = _read_seconds(out)
-    rates = _rates(out, todo, sizes, seconds, plan.split)
+    timed = jobs(plan, tuple(sorted(set(plan.seeds) | set(seeds))), benches)  # rates from any timed run of these benchmarks
+    rates = _rates(out, timed, sizes, seconds, plan.split)
 
     def units(job: Job) -> tuple[float, float]:
         if job.kind == "train":
@@ -350,7 +351,7 @@ def run_findings(plan: Findings, out: Path, *, seeds: tuple[int, ...] | None = N
             write_json(out / "seconds.json", seconds)
             done_s += took
             pending = [j for j in pending if _key(out, j, plan.split) != _key(out, job, plan.split)]
-            rates = _rates(out, todo, sizes, seconds, plan.split)
+            rates = _rates(out, timed, sizes, seconds, plan.split)
             left = sum(rates.seconds(units(j)) for j in pending)
             log(f"[{i}/{len(todo)}] {_describe(job)} ({job.kind}): {took:.0f} s; this invocation "
                 f"{fmt_s(done_s)}, about {fmt_s(left)} left")
