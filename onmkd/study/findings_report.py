@@ -206,7 +206,8 @@ def curve_table(df: pd.DataFrame, scores: dict) -> pd.DataFrame:
         row["OnMKD − DPR"] = _ci(c) if c else "–"
         row["seeds"] = c["seeds"] if c else "–"
         row["_c"] = c
-        out.append(row)
+        if c:  # a point of the curve needs both methods' runs
+            out.append(row)
     return pd.DataFrame(out)
 
 
