@@ -324,6 +324,8 @@ def run_findings(plan: Findings, out: Path, *, seeds: tuple[int, ...] | None = N
         + (f"(rates measured on {rates.measured} finished runs)" if rates.measured else "(prior rates: no run has finished here yet)"))
     if estimate_only:
         return out
+    if command and not finished_only:  # recorded now: a run cut short still names the command that made its runs
+        _write_manifest(plan, out, [], command=command)
     rows: list[dict] = []
     done_s = 0.0
     for i, job in enumerate(todo, 1):
