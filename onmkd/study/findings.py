@@ -54,7 +54,7 @@ from pathlib import Path
 from onmkd.config import RunConfig, read_toml
 from onmkd.errors import ConfigError
 from onmkd.io import check_component, write_json
-from onmkd.study.paper import _keys, _list_of, _table, _value, plan_config, read_head
+from onmkd.study.paper import _keys, _list_of, _table, _value, merged_rows, plan_config, read_head
 from onmkd.training.methods import METHODS, method_role
 
 ROLES = ("onmkd", "same-depth baseline", "compute-matched")
@@ -491,14 +491,11 @@ def _describe(job: Job) -> str:
 
 def _write_manifest(plan: Findings, out: Path, rows: list[dict], *, command: str = "", pending: list[str] = (),
                     estimate: str = "", whole: str = "") -> None:
-    """This invocation's rows and earlier invocations' (other seeds or benchmarks); a row of this
-    one replaces its equal (same path, table and label)."""
+    """This invocation's rows and earlier invocations' (:func:`onmkd.study.paper.merged_rows`), and
+    every command that made runs here."""
     before = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
-    old = before.get("runs", [])
     commands = before.get("commands", []) + ([command] if command and command not in before.get("commands", []) else [])
-    key = lambda r: (r["path"], r.get("table"), r["label"])  # noqa: E731
-    mine = {key(r) for r in rows}
-    rows = [r for r in old if key(r) not in mine] + rows
+    rows = merged_rows(before, rows)
     write_json(out / "manifest.json", {"kind": "findings", "plan": plan.source, "split": plan.split,
                                        "benchmarks": plan.benchmarks, "budget": list(plan.budget),
                                        "seeds": sorted({r["seed"] for r in rows if r.get("seed") is not None}),

@@ -252,13 +252,18 @@ def _encoder_rows(plan: Plan, entries: list[Entry], out: Path, datasets: dict, r
     return rows
 
 
-def _write_manifest(plan: Plan, out: Path, rows: list[dict]) -> None:
-    """The manifest of this invocation's rows and of earlier invocations' (other tables or seeds):
-    a row of this one replaces its equal (same path, table and label)."""
-    old = json.loads((out / "manifest.json").read_text())["runs"] if (out / "manifest.json").exists() else []
+def merged_rows(before: dict, rows: list[dict]) -> list[dict]:
+    """The rows of an earlier manifest (``before``: other tables, seeds or benchmarks) and this
+    invocation's ``rows``; a row of this one replaces its equal (same path, table and label)."""
     key = lambda r: (r["path"], r.get("table"), r["label"])  # noqa: E731
     mine = {key(r) for r in rows}
-    rows = [r for r in old if key(r) not in mine] + rows
+    return [r for r in before.get("runs", []) if key(r) not in mine] + rows
+
+
+def _write_manifest(plan: Plan, out: Path, rows: list[dict]) -> None:
+    """The manifest of this invocation's rows and of earlier invocations' (:func:`merged_rows`)."""
+    before = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
+    rows = merged_rows(before, rows)
     write_json(out / "manifest.json", {"kind": "paper", "plan": plan.source, "split": plan.split,
                                        "seeds": sorted({r["seed"] for r in rows if r.get("seed") is not None}),
                                        "reference": FULL, "selection": "dev", "runs": rows})
