@@ -304,7 +304,7 @@ def paper_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Folder of the runs and the manifest (rerunning resumes) [default: runs/paper, runs/findings for a findings plan].")] = None,
     report_dir: Annotated[Optional[Path], typer.Option("--report", help="Folder for the report [default: reports/paper, reports/findings for a findings plan].")] = None,
     seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Seeds (repeatable) [default: the plan's].")] = None,
-    table: Annotated[Optional[list[str]], typer.Option(help="Only these tables (repeatable): main, layers, ablation of a paper plan; main, transfer, curve, settings of a findings plan.")] = None,
+    table: Annotated[Optional[list[str]], typer.Option(help="Only these tables (repeatable): main, layers, ablation of a paper plan; tuning, main, transfer, curve, settings of a findings plan (main and transfer run their rows' tuning first).")] = None,
     benchmark: Annotated[Optional[list[str]], typer.Option(help="Only these benchmarks of a findings plan (repeatable), in this order.")] = None,
     estimate: Annotated[bool, typer.Option(help="Print how many runs are left and their estimated time, then stop (findings plans).")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field of every run: section.field=value.")] = None,

@@ -70,6 +70,10 @@ benchmarks = ["a"]
 
 [transfer]
 labels = ["OnMKD", "DPR"]
+
+[tuning]
+lr = [1e-3, 3e-3]
+benchmarks = ["a"]
 """)
     return plan
 
@@ -156,7 +160,22 @@ def test_findings_plan_trains_each_run_once_resumes_and_compares_question_by_que
     trained = {r["path"].split("/")[1] for r in rows if r["path"].startswith("runs/")}
     members = {m.split("/")[1] for r in rows for m in r.get("member_runs", [])}
     assert len(members - trained) == 2 * 2  # the ensembles' second students (2 benchmarks x 2 seeds)
-    assert {p.name for p in (out / "runs").iterdir()} == trained | members
+    # [tuning]: every main row of benchmark a trained once per rate with seed 0; the best dev rate is the row's
+    record = man["tuning"]["a"]
+    assert set(record) == {"DPR", "OnMKD", "DPR, 2x steps", "DPR ensemble of 2", "Independent peers"} and "b" not in man["tuning"]
+    for label, e in record.items():
+        dev = {float(k): v for k, v in e["dev"].items()}
+        assert set(dev) == {1e-3, 3e-3} and e["chosen"] == max(dev, key=dev.get), label
+        for bench, want in (("a", e["chosen"]), ("b", 1e-3)):
+            for seed in (0, 1):
+                assert by[(bench, "main", label, bench, None, seed)]["lr"] == want, (label, bench, seed)
+        run = json.loads((out / e["runs"][repr(e["chosen"])] / "metrics.json").read_text())
+        assert run["dev"]["mrr@10"] == dev[e["chosen"]]
+    assert record["DPR ensemble of 2"]["runs"] == record["DPR"]["runs"]  # its members' config: DPR's tuning runs
+    assert by[("a", "transfer", "OnMKD", "b", None, 0)]["lr"] == record["OnMKD"]["chosen"]
+    tuning_runs = {r for e in record.values() for r in e["runs"].values()}
+    assert len(tuning_runs) == 4 * 2  # 4 training configs (the ensemble shares DPR's) x 2 rates
+    assert {p.name for p in (out / "runs").iterdir()} == trained | members | {r.split("/")[1] for r in tuning_runs}
     # a rerun trains and evaluates nothing again
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
     logs.clear()
@@ -172,7 +191,8 @@ def test_findings_plan_trains_each_run_once_resumes_and_compares_question_by_que
     a, b = stats.paired_scores(mean("OnMKD"), mean("DPR"))
     assert row["mean_diff"] == pytest.approx(np.mean(a) - np.mean(b), abs=1e-12)
     readme = (tmp_path / "report" / "README.md").read_text()
-    for text in ("**Verdict.** **a**: OnMKD", "## Training length", "## Transfer", "## OnMKD's settings", "Holm", "student-steps"):
+    for text in ("**Verdict.** **a**: OnMKD", "## Training length", "## Transfer", "## OnMKD's settings", "Holm", "student-steps",
+                 "### Learning rate, picked on dev", "### Main table (learning rates picked on dev)"):
         assert text in readme, text
 
 
@@ -188,6 +208,11 @@ def test_findings_plan_trains_each_run_once_resumes_and_compares_question_by_que
     (("[transfer]", "[transfers]"), r"unknown key 'transfers' \(did you mean 'transfer'\?\)"),
     (('label = "Independent peers"', 'label = "DPR"'), r"main\[4\]\.label: 'DPR' is used by another row"),
     (("seeds = [0, 1]", "seeds = [0, 0]"), r"paper\.seeds: a non-empty list of distinct integers"),
+    (("lr = [1e-3, 3e-3]", "lr = []"), r"tuning\.lr: a non-empty list of distinct learning rates in \(0, 1\), got \[\]"),
+    (("lr = [1e-3, 3e-3]", "lr = [1e-3, 1e-3]"), r"tuning\.lr: a non-empty list of distinct"),
+    (("lr = [1e-3, 3e-3]", 'lr = [1e-3]\nmetric = "map"'), r"tuning\.metric: 'map' is not one of mrr@10"),
+    (('lr = [1e-3, 3e-3]\nbenchmarks = ["a"]', 'lr = [1e-3, 3e-3]\nbenchmarks = ["z"]'), r"tuning\.benchmarks: 'z' is not one of the plan's benchmarks"),
+    (("steps = 2", 'steps = 2\nset = ["train.lr=1e-4"]'), r"main\[2\]\.set: train\.lr is picked on dev by \[tuning\]"),
 ])
 def test_bad_findings_plans_fail_with_one_line_naming_the_field(tmp_path, tiny_model_dir, tiny_squad, edit, message):
     plan = write_findings(tmp_path, tiny_model_dir, tiny_squad)
@@ -206,7 +231,7 @@ def test_findings_command_options_fail_with_one_line(tmp_path, tiny_model_dir, t
 
     plan = write_findings(tmp_path, tiny_model_dir, tiny_squad)
     cases = [(["--benchmark", "c"], "--benchmark: 'c' is not one of the plan's benchmarks (a, b)"),
-             (["--table", "layers"], "--table: 'layers' is not a table of a findings plan (main, transfer, curve, settings)"),
+             (["--table", "layers"], "--table: 'layers' is not a table of a findings plan (tuning, main, transfer, curve, settings)"),
              (["--remeasure"], "--remeasure: not supported for a findings plan")]
     for extra, message in cases:
         res = CliRunner().invoke(app, ["paper", "--plan", str(plan), "--out", str(tmp_path / "o"), *extra])
@@ -214,6 +239,8 @@ def test_findings_command_options_fail_with_one_line(tmp_path, tiny_model_dir, t
         assert len([line for line in res.output.splitlines() if line.strip()]) == 1, res.output
     res = CliRunner().invoke(app, ["paper", "--plan", str(plan), "--out", str(tmp_path / "o"), "--estimate"])
     assert res.exit_code == 0 and "0 finished, " in res.output and not (tmp_path / "o" / "manifest.json").exists()
+    # benchmark a, 2 seeds: 4 trainings + the ensemble's second student and its evaluation; per seed, 2 transfers to b
+    assert "18 of them wait for their learning rate" in res.output
     paper = tmp_path / "paper.toml"
     paper.write_text('[[main]]\nlabel = "x"\nconfig = "dpr.toml"\n')
     res = CliRunner().invoke(app, ["paper", "--plan", str(paper), "--estimate"])
@@ -236,3 +263,5 @@ def test_the_shipped_findings_plan_loads_with_every_control_on_every_benchmark()
         # every row of a benchmark trains with the same budget and data
         assert {(r.config.data, r.config.train.batch_size, r.config.train.lr) for r in main.values()} == {(on.data, 32, on.train.lr)}
     assert {r.x for r in plan.rows if r.table == "curve"} == {1.0, 2.0, 4.0}
+    # every row tunes its learning rate on the same grid, which holds the configs' own (their finished runs count)
+    assert plan.tuning.benchmarks == tuple(plan.benchmarks) and on.train.lr in plan.tuning.lrs and len(plan.tuning.lrs) == 3

@@ -37,6 +37,18 @@ that benchmark's dev split and evaluated on its test split (the whole corpus); t
     [transfer]
     labels = ["OnMKD", "DPR"]                          # main rows evaluated zero-shot on the other test sets
 
+    [tuning]                                           # every main row's learning rate, picked on dev
+    lr = [5e-5, 1e-4, 2e-4]
+    seed = 0                                           # optional: the seed of the tuning runs (the plan's first)
+    metric = "mrr@10"                                  # optional: the dev metric that picks
+    benchmarks = ["nq-qed"]                            # optional: a subset of the benchmarks
+
+With ``[tuning]``, each main row of a tuned benchmark is first trained once per learning rate (seed
+``tuning.seed``, no test evaluation), and the learning rate whose selected student scores best on
+dev is the row's for every seed and for transfer; its epoch is picked on dev as in every run (the
+best of ``train.epochs``). Rows that share a training config (DPR and the DPR ensemble's members)
+share their tuning runs. The curves and the settings study keep their configs' learning rate.
+
 Runs are keyed by their full config (``runs/HASH``), so a rerun resumes: finished trainings and
 evaluations are kept, and a run shared by two tables (the curve's point at the main length) is
 trained once. Before it starts, the command prints how many runs are left and an estimate of their
@@ -58,6 +70,7 @@ from onmkd.study.paper import _keys, _list_of, _table, _value, merged_rows, plan
 from onmkd.training.methods import METHODS, method_role
 
 ROLES = ("onmkd", "same-depth baseline", "compute-matched")
+DEV_METRICS = ("mrr@10", "ndcg@10", "acc@1", "acc@5", "acc@20", "acc@100", "recall@1", "recall@5", "recall@20", "recall@100")
 ENSEMBLE_SEED_STEP = 1000  # member j of an ensemble trains with seed s + j * 1000
 
 
@@ -79,6 +92,19 @@ class Row:
         return [replace(self.config, train=replace(self.config.train, seed=seed + j * ENSEMBLE_SEED_STEP))
                 for j in range(self.members)]
 
+    def with_lr(self, lr: float) -> Row:
+        return replace(self, config=replace(self.config, train=replace(self.config.train, lr=lr)))
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """``[tuning]``: the learning rates every main row tries on dev before its seeds run."""
+
+    lrs: tuple[float, ...]
+    seed: int
+    metric: str
+    benchmarks: tuple[str, ...]
+
 
 @dataclass(frozen=True)
 class Findings:
@@ -90,6 +116,7 @@ class Findings:
     rows: tuple[Row, ...]
     transfer: tuple[str, ...]
     budget: tuple[str, ...]
+    tuning: Tuning | None = None
 
 
 def is_findings_plan(path: str | Path) -> bool:
@@ -117,7 +144,7 @@ def load_findings(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     p = Path(path)
     raw = read_toml(p, "plan")[1]
     src = str(p)
-    _keys(raw, {"paper", "benchmarks", "main", "curves", "settings", "transfer"}, src)
+    _keys(raw, {"paper", "benchmarks", "main", "curves", "settings", "transfer", "tuning"}, src)
     head = read_head(raw, src, overrides)
     benches = _table(raw, "benchmarks", f"{src}: [benchmarks]")
     if not benches:
@@ -198,7 +225,31 @@ def load_findings(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     for label in transfer:
         if label not in labels:
             raise ConfigError(f"{src}: transfer.labels: {label!r} is not a main row's label ({', '.join(labels)})")
-    return Findings(src, head.seeds, head.split, head.encoders, dict(benches), tuple(rows), transfer, head.budget)
+    tuning = _tuning(raw, names, head.seeds, src)
+    if tuning:
+        for i, e in enumerate(main):
+            if any(s.replace(" ", "").startswith("train.lr=") for s in e.get("set", [])):
+                raise ConfigError(f"{src}: main[{i}].set: train.lr is picked on dev by [tuning]; remove it from the row")
+    return Findings(src, head.seeds, head.split, head.encoders, dict(benches), tuple(rows), transfer, head.budget, tuning)
+
+
+def _tuning(raw: dict, names: list[str], seeds: tuple[int, ...], src: str) -> Tuning | None:
+    tu = _table(raw, "tuning", f"{src}: [tuning]")
+    if not tu:
+        return None
+    where = f"{src}: tuning"
+    _keys(tu, {"lr", "seed", "metric", "benchmarks"}, where)
+    lrs = tu.get("lr")
+    if (not isinstance(lrs, list) or not lrs or len(set(lrs)) != len(lrs)
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1 for x in lrs)):
+        raise ConfigError(f"{where}.lr: a non-empty list of distinct learning rates in (0, 1), got {lrs!r}")
+    seed = tu.get("seed", seeds[0])
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{where}.seed: expected an integer, got {seed!r}")
+    metric = tu.get("metric", "mrr@10")
+    if metric not in DEV_METRICS:
+        raise ConfigError(f"{where}.metric: {metric!r} is not one of {', '.join(DEV_METRICS)}")
+    return Tuning(tuple(float(x) for x in lrs), seed, metric, tuple(_subset(tu, names, where)))
 
 
 # --------------------------------------------------------------------------- pricing
@@ -243,36 +294,83 @@ def fmt_s(s: float) -> str:
 class Job:
     row: Row
     seed: int
-    kind: str            # train (one student or peers), ensemble (members already trained), transfer
+    kind: str            # tune (train only), train (one student or peers, then test), ensemble, transfer
     cfg: RunConfig | None = None
     test_on: str = ""    # transfer: the benchmark whose test set is searched
+    undecided: bool = False  # its row's learning rate waits for the tuning runs (priced, not run)
 
 
-def jobs(plan: Findings, seeds: tuple[int, ...], benchmarks: tuple[str, ...]) -> list[Job]:
-    """Every unit of work of the plan, in the order that answers the main question first: the main
-    tables (seed by seed, so that a cut-short run has whole tables for its first seeds), transfer,
-    the curves, then the settings study."""
+TABLES = ("tuning", "main", "transfer", "curve", "settings")
+
+
+def jobs(plan: Findings, seeds: tuple[int, ...], benchmarks: tuple[str, ...], chosen: dict | None = None) -> list[Job]:
+    """Every unit of work of the plan, in the order that answers the main question first: the tuning
+    runs, the main tables (seed by seed, so that a cut-short run has whole tables for its first
+    seeds), transfer, the curves, then the settings study. ``chosen``: ``{(benchmark, label): lr}``
+    of the main rows whose tuning has finished (:func:`chosen_lrs`); the others are ``undecided``."""
     out: list[Job] = []
+    chosen = chosen or {}
+    tuned = set(plan.tuning.benchmarks) if plan.tuning else set()
 
     def rows(table: str, bench: str):
         return [r for r in plan.rows if r.table == table and r.benchmark == bench]
 
+    def main_rows(bench: str) -> list[tuple[Row, bool]]:
+        if bench not in tuned:
+            return [(r, False) for r in rows("main", bench)]
+        return [(r.with_lr(chosen[bench, r.label]), False) if (bench, r.label) in chosen else (r, True)
+                for r in rows("main", bench)]
+
     for table in TABLES:
+        if table == "tuning":
+            for b in (b for b in benchmarks if b in tuned):
+                for row in rows("main", b):
+                    out += [Job(row.with_lr(lr), plan.tuning.seed, "tune", row.with_lr(lr).member_configs(plan.tuning.seed)[0])
+                            for lr in plan.tuning.lrs]
+            continue
         for seed in seeds:
             for b in benchmarks:
                 if table == "transfer":
-                    for row in (r for r in rows("main", b) if r.label in plan.transfer):
-                        out += [Job(row, seed, "transfer", row.member_configs(seed)[0], test_on=o)
+                    for row, undecided in (x for x in main_rows(b) if x[0].label in plan.transfer):
+                        out += [Job(row, seed, "transfer", row.member_configs(seed)[0], test_on=o, undecided=undecided)
                                 for o in benchmarks if o != b]
                     continue
-                for row in rows(table, b):
-                    out += [Job(row, seed, "train", c) for c in row.member_configs(seed)]
+                for row, undecided in (main_rows(b) if table == "main" else [(r, False) for r in rows(table, b)]):
+                    out += [Job(row, seed, "train", c, undecided=undecided) for c in row.member_configs(seed)]
                     if row.members > 1:
-                        out.append(Job(row, seed, "ensemble"))
+                        out.append(Job(row, seed, "ensemble", undecided=undecided))
     return out
 
 
-TABLES = ("main", "transfer", "curve", "settings")
+def chosen_lrs(plan: Findings, out: Path) -> tuple[dict, dict]:
+    """``({(benchmark, label): lr}, record)``: each tuned main row's learning rate, the best dev
+    ``tuning.metric`` of its tuning runs (the first in the plan's order on a tie), once all of them
+    have trained; ``record`` (for the manifest and the report) has every dev score measured so far."""
+    from onmkd.study.runs import run_dir
+
+    chosen: dict = {}
+    record: dict = {}
+    if not plan.tuning:
+        return chosen, record
+    t = plan.tuning
+    for job in (j for j in jobs(plan, (), t.benchmarks) if j.kind == "tune"):
+        row = job.row
+        entry = record.setdefault(row.benchmark, {}).setdefault(row.label, {
+            "config_lr": next(r.config.train.lr for r in plan.rows if (r.table, r.benchmark, r.label) == ("main", row.benchmark, row.label)),
+            "metric": t.metric, "seed": t.seed, "dev": {}, "runs": {}, "chosen": None})
+        metrics = run_dir(out, job.cfg) / "metrics.json"
+        if metrics.exists():
+            dev = json.loads(metrics.read_text()).get("dev", {})
+            entry["dev"][repr(job.cfg.train.lr)] = dev.get(t.metric)
+            entry["runs"][repr(job.cfg.train.lr)] = str(run_dir(out, job.cfg).relative_to(out))
+    for bench, labels in record.items():
+        for label, entry in labels.items():
+            scores = [(entry["dev"].get(repr(lr)), lr) for lr in t.lrs]
+            if all(v is not None for v, _ in scores):
+                best = max(scores, key=lambda x: x[0])  # max keeps the first of equals: the plan's order
+                entry["chosen"] = best[1]
+                chosen[bench, label] = best[1]
+    return chosen, record
 
 
 def run_findings(plan: Findings, out: Path, *, seeds: tuple[int, ...] | None = None, benchmarks: tuple[str, ...] = (),
@@ -303,8 +401,18 @@ def run_findings(plan: Findings, out: Path, *, seeds: tuple[int, ...] | None = N
             datasets[bench] = hold_out_dev(load_dataset(plan.benchmarks[bench]), cfg)
         return datasets[bench]
 
-    todo = [j for j in jobs(plan, seeds, benches) if not tables or (j.kind == "transfer" and "transfer" in tables)
-            or (j.kind != "transfer" and j.row.table in tables)]
+    def wanted(j: Job) -> bool:
+        if not tables:
+            return True
+        if j.kind == "tune":  # the main rows and their transfer need their learning rate first
+            return bool({"tuning", "main", "transfer"} & set(tables))
+        return ("transfer" if j.kind == "transfer" else j.row.table) in tables
+
+    def plan_jobs(chosen: dict) -> list[Job]:
+        return [j for j in jobs(plan, seeds, benches, chosen) if wanted(j)]
+
+    chosen, record = chosen_lrs(plan, out)
+    todo = plan_jobs(chosen)
     first = {b: next(r.config for r in plan.rows if r.benchmark == b) for b in plan.benchmarks}
     sizes = {b: _sizes(data_of(b, first[b]), first[b]) for b in benches}
     seconds = _read_seconds(out)
@@ -312,51 +420,84 @@ def run_findings(plan: Findings, out: Path, *, seeds: tuple[int, ...] | None = N
     rates = _rates(out, timed, sizes, seconds, plan.split)
 
     def units(job: Job) -> tuple[float, float]:
-        if job.kind == "train":
-            return run_units(job.cfg, *sizes[job.row.benchmark])
+        n_train, n, n_dev = sizes[job.row.benchmark]
+        if job.kind == "tune":
+            return run_units(job.cfg, n_train, 0, n_dev)
+        if job.kind == "train" and not job.undecided and not _trained(out, job.cfg):
+            return run_units(job.cfg, n_train, n, n_dev)
         return 0.0, float(sizes[job.test_on or job.row.benchmark][1])
 
-    unique = {_key(out, j, plan.split): j for j in todo}  # a run shared by two tables is one run
-    pending = [j for k, j in unique.items() if not _done(out, j, plan.split)]
+    def outstanding(todo: list[Job]) -> tuple[dict, list[Job]]:
+        unique: dict[str, Job] = {}
+        for j in todo:  # a run shared by two tables (or two rows' tuning) is one run, named by its first
+            unique.setdefault(_key(out, j, plan.split), j)
+        return unique, [j for j in unique.values() if not _done(out, j, plan.split)]
+
+    unique, pending = outstanding(todo)
     left = sum(rates.seconds(units(j)) for j in pending)
+    undecided = sum(j.undecided for j in pending)
     log(f"{plan.source}: {len(unique)} runs on {', '.join(benches)} with seeds {', '.join(map(str, seeds))}; "
         f"{len(unique) - len(pending)} finished, {len(pending)} to go: about {fmt_s(left)} on this machine "
-        + (f"(rates measured on {rates.measured} finished runs)" if rates.measured else "(prior rates: no run has finished here yet)"))
+        + (f"(rates measured on {rates.measured} finished runs)" if rates.measured else "(prior rates: no run has finished here yet)")
+        + (f"; {undecided} of them wait for their learning rate (priced at the config's)" if undecided else ""))
     if estimate_only:
         return out
     if command and not finished_only:  # recorded now: a run cut short still names the command that made its runs
         _write_manifest(plan, out, [], command=command)
     rows: list[dict] = []
     done_s = 0.0
-    for i, job in enumerate(todo, 1):
-        row, seed = job.row, job.seed
-        fresh = not _done(out, job, plan.split)
-        if finished_only and fresh:
-            continue
-        t = time.monotonic()
-        data = data_of(row.benchmark, row.config)
-        if job.kind == "train":
-            r = train_and_test(job.cfg, out, data, plan.split, label=row.label, role=row.role, stage="findings",
-                               latency_queries=50, table=row.table,
-                               extra={"benchmark": row.benchmark, "test_on": row.benchmark, "experiment": row.source,
-                                      "x": row.x, "members": row.members})
-            r.update(_compute(job.cfg, run_dir(out, job.cfg)))
-            if row.members == 1:
-                rows.append(r)
-        elif job.kind == "ensemble":
-            rows.append(_ensemble(out, row, seed, data, plan.split))
-        else:
-            rows.append(_transfer(out, job, data, data_of(job.test_on, first[job.test_on]), plan.split))
-        if fresh:
-            took = time.monotonic() - t
-            seconds[_key(out, job, plan.split)] = took
-            write_json(out / "seconds.json", seconds)
-            done_s += took
-            pending = [j for j in pending if _key(out, j, plan.split) != _key(out, job, plan.split)]
-            rates = _rates(out, timed, sizes, seconds, plan.split)
-            left = sum(rates.seconds(units(j)) for j in pending)
-            log(f"[{i}/{len(todo)}] {_describe(job)} ({job.kind}): {took:.0f} s; this invocation "
-                f"{fmt_s(done_s)}, about {fmt_s(left)} left")
+    count = [0, len(todo)]
+
+    def run(batch: list[Job]) -> None:
+        nonlocal done_s, pending, rates
+        for job in batch:
+            count[0] += 1
+            row, seed = job.row, job.seed
+            fresh = not _done(out, job, plan.split)
+            if job.undecided or (finished_only and fresh):
+                continue
+            trained = job.cfg is not None and _trained(out, job.cfg)
+            t = time.monotonic()
+            data = data_of(row.benchmark, row.config)
+            if job.kind == "tune":
+                from onmkd.training.train import train
+
+                train(job.cfg, run_dir(out, job.cfg), data, log=lambda m: None)
+            elif job.kind == "train":
+                r = train_and_test(job.cfg, out, data, plan.split, label=row.label, role=row.role, stage="findings",
+                                   latency_queries=50, table=row.table,
+                                   extra={"benchmark": row.benchmark, "test_on": row.benchmark, "experiment": row.source,
+                                          "x": row.x, "members": row.members, "lr": job.cfg.train.lr})
+                r.update(_compute(job.cfg, run_dir(out, job.cfg)))
+                if row.members == 1:
+                    rows.append(r)
+            elif job.kind == "ensemble":
+                rows.append(_ensemble(out, row, seed, data, plan.split))
+            else:
+                rows.append(_transfer(out, job, data, data_of(job.test_on, first[job.test_on]), plan.split))
+            if fresh:
+                took = time.monotonic() - t
+                key = _key(out, job, plan.split)
+                # a run trained by the tuning is only tested now: its seconds do not price a training
+                seconds[key + ("#test" if job.kind == "train" and trained else "")] = took
+                write_json(out / "seconds.json", seconds)
+                done_s += took
+                pending = [j for j in pending if _key(out, j, plan.split) != key]
+                rates = _rates(out, timed, sizes, seconds, plan.split)
+                left = sum(rates.seconds(units(j)) for j in pending)
+                log(f"[{count[0]}/{count[1]}] {_describe(job)} ({job.kind}): {took:.0f} s; this invocation "
+                    f"{fmt_s(done_s)}, about {fmt_s(left)} left")
+
+    tune = [j for j in todo if j.kind == "tune"]
+    run(tune)
+    if tune:  # the learning rates are known now: the rows that waited for them get their runs
+        chosen, record = chosen_lrs(plan, out)
+        for (b, label), lr in chosen.items():
+            log(f"{b}: {label}: learning rate {lr:g} (best dev {plan.tuning.metric} of {', '.join(f'{x:g}' for x in plan.tuning.lrs)})")
+        todo = plan_jobs(chosen)
+        unique, pending = outstanding(todo)
+        count[1] = len(todo)
+    run([j for j in todo if j.kind != "tune"])
     from onmkd.study.runs import encoder_dir
 
     for b in benches:
@@ -368,10 +509,10 @@ def run_findings(plan: Findings, out: Path, *, seeds: tuple[int, ...] | None = N
                                  latency_queries=50, table="main")
             r["path"] = f"{b}/{r['path']}"
             rows.append({**r, "benchmark": b, "test_on": b})
-    left_over = [j for k, j in unique.items() if not _done(out, j, plan.split)]
+    left_over = [j for j in unique.values() if not _done(out, j, plan.split)]
     _write_manifest(plan, out, rows, command=command, pending=[_describe(j) for j in left_over],
                     estimate=fmt_s(sum(rates.seconds(units(j)) for j in left_over)),
-                    whole=fmt_s(sum(rates.seconds(units(j)) for j in unique.values())))
+                    whole=fmt_s(sum(rates.seconds(units(j)) for j in unique.values())), tuning=record)
     from onmkd.study.findings_report import build_findings_report
 
     build_findings_report(out, report_dir or Path("reports/findings"), command=command, log=log)
@@ -385,9 +526,17 @@ def _sizes(data, cfg: RunConfig) -> tuple[int, int, int]:
     return n_train, n, min(n, cfg.data.dev_pool) if cfg.data.dev_pool else n
 
 
+def _trained(out: Path, cfg: RunConfig) -> bool:
+    from onmkd.study.runs import run_dir
+
+    return (run_dir(out, cfg) / "metrics.json").exists()
+
+
 def _eval_dir(out: Path, job: Job, split: str) -> Path:
     from onmkd.study.runs import run_dir
 
+    if job.kind == "tune":
+        return run_dir(out, job.cfg)  # its metrics.json: the training's selection on dev
     if job.kind == "ensemble":
         return ensemble_dir(out, job.row, job.seed) / split
     folder = run_dir(out, job.cfg)
@@ -402,10 +551,12 @@ def ensemble_dir(out: Path, row: Row, seed: int) -> Path:
 
 
 def _done(out: Path, job: Job, split: str) -> bool:
-    return (_eval_dir(out, job, split) / "metrics.json").exists()
+    return not job.undecided and (_eval_dir(out, job, split) / "metrics.json").exists()
 
 
 def _key(out: Path, job: Job, split: str) -> str:
+    if job.undecided:  # no config yet: one key per unit of work
+        return f"undecided:{_describe(job)}:{job.kind}:{job.cfg.train.seed if job.cfg else ''}:{job.test_on}"
     return str(_eval_dir(out, job, split).relative_to(out))
 
 
@@ -420,12 +571,13 @@ def _rates(out: Path, todo: list[Job], sizes: dict, seconds: dict, split: str) -
     measured, predicted, n = 0.0, 0.0, 0
     seen: set[str] = set()
     for job in todo:
-        key = _key(out, job, split) if job.kind == "train" else None
+        key = _key(out, job, split) if job.kind in ("train", "tune") and not job.undecided else None
         if key is None or key not in seconds or key in seen:
             continue
         seen.add(key)
         measured += seconds[key]
-        predicted += prior.seconds(run_units(job.cfg, *sizes[job.row.benchmark]))
+        n_train, n_passages, n_dev = sizes[job.row.benchmark]
+        predicted += prior.seconds(run_units(job.cfg, n_train, 0 if job.kind == "tune" else n_passages, n_dev))
         n += 1
     if not n:
         return prior
@@ -461,6 +613,7 @@ def _ensemble(out: Path, row: Row, seed: int, data, split: str) -> dict:
             "method": "ensemble", "layers": row.config.model.layers, "seed": seed, "split": split,
             "stage": "findings", "benchmark": row.benchmark, "test_on": row.benchmark, "experiment": row.source,
             "x": row.x, "members": row.members, "member_runs": [str(run_dir(out, c).relative_to(out)) for c in cfgs],
+            "lr": row.config.train.lr,
             "epochs": row.config.train.epochs, "students": len(cfgs),
             "student_steps": sum(p["student_steps"] for p in parts),
             "train_steps_s": sum(p["train_steps_s"] or 0.0 for p in parts)}
@@ -479,26 +632,35 @@ def _transfer(out: Path, job: Job, own, data, split: str) -> dict:
     test_evaluate(str(run), target, data, job.cfg, split, latency_queries=10)
     return {"path": str(target.relative_to(out)), "label": job.row.label, "role": job.row.role, "table": "transfer",
             "method": job.cfg.train.method, "layers": job.cfg.model.layers, "seed": job.seed, "split": split,
-            "stage": "findings", "benchmark": job.row.benchmark, "test_on": job.test_on, "x": None, "members": 1}
+            "stage": "findings", "benchmark": job.row.benchmark, "test_on": job.test_on, "x": None, "members": 1,
+            "lr": job.cfg.train.lr}
 
 
 def _describe(job: Job) -> str:
     row = job.row
     where = f"{row.benchmark} -> {job.test_on}" if job.test_on else row.benchmark
     epochs = f" ({row.x:g} epoch{'' if row.x == 1 else 's'})" if row.x else ""
+    if job.kind == "tune":
+        return f"{where}: tuning: {row.label}, lr {job.cfg.train.lr:g}, seed {job.seed}"
     return f"{where}: {row.table}: {row.label}{epochs}, seed {job.seed}"
 
 
 def _write_manifest(plan: Findings, out: Path, rows: list[dict], *, command: str = "", pending: list[str] = (),
-                    estimate: str = "", whole: str = "") -> None:
-    """This invocation's rows and earlier invocations' (:func:`onmkd.study.paper.merged_rows`), and
-    every command that made runs here."""
+                    estimate: str = "", whole: str = "", tuning: dict | None = None) -> None:
+    """This invocation's rows and earlier invocations' (:func:`onmkd.study.paper.merged_rows`), every
+    command that made runs here, and the tuning runs' dev scores with each row's learning rate."""
     before = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
     commands = before.get("commands", []) + ([command] if command and command not in before.get("commands", []) else [])
     rows = merged_rows(before, rows)
+    for r in rows:  # rows written before rows carried their learning rate: read it from the run's config
+        if "lr" not in r:
+            run = r["member_runs"][0] if r.get("member_runs") else str(Path(r["path"]).parent) if r["path"].startswith("runs/") else None
+            cfg = out / run / "config.json" if run else None
+            r["lr"] = json.loads(cfg.read_text())["train"]["lr"] if cfg and cfg.exists() else None
     write_json(out / "manifest.json", {"kind": "findings", "plan": plan.source, "split": plan.split,
                                        "benchmarks": plan.benchmarks, "budget": list(plan.budget),
                                        "seeds": sorted({r["seed"] for r in rows if r.get("seed") is not None}),
                                        "selection": "dev", "commands": commands, "pending": list(pending),
                                        "pending_estimate": estimate, "selection_estimate": whole,
+                                       "tuning": before.get("tuning", {}) if tuning is None else tuning,
                                        "runs": rows})

@@ -174,6 +174,39 @@ def comparisons(df: pd.DataFrame, scores: dict) -> pd.DataFrame:
     return res
 
 
+def lr_views(df: pd.DataFrame, tuning: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(tuned, untuned)``: the rows with, for the main and transfer rows of a tuned benchmark, only
+    those trained at the learning rate picked on dev (``tuned``; none while the pick waits for its
+    runs) or at the config's own (``untuned``). Other rows are in both."""
+    def keep(r, field: str) -> bool:
+        entry = tuning.get(r["benchmark"], {}).get(r["label"])
+        if r["table"] not in ("main", "transfer") or pd.isna(r["seed"]) or entry is None:
+            return True
+        target = entry[field]
+        return target is not None and r.get("lr") is not None and bool(np.isclose(r["lr"], target, rtol=1e-9, atol=0))
+
+    if not tuning or df.empty:
+        return df, df.iloc[:0]
+    return (df[df.apply(lambda r: keep(r, "chosen"), axis=1)].reset_index(drop=True),
+            df[df.apply(lambda r: keep(r, "config_lr"), axis=1)].reset_index(drop=True))
+
+
+def tuning_table(tuning: dict, bench: str) -> pd.DataFrame:
+    """Each main row's dev score at every learning rate tried, and the one it got."""
+    out = []
+    for label, e in tuning.get(bench, {}).items():
+        row = {"row": label}
+        for lr, v in e["dev"].items():
+            row[f"lr {float(lr):g}"] = "–" if v is None else f"{v:.3f}"
+        row["picked"] = f"{e['chosen']:g}" if e["chosen"] is not None else "waiting for its runs"
+        out.append(row)
+    if not out:
+        return pd.DataFrame()
+    t = pd.DataFrame(out)
+    lrs = sorted((c for c in t.columns if c.startswith("lr ")), key=lambda c: float(c[3:]))
+    return t[["row", *lrs, "picked"]].fillna("–")
+
+
 def verdict(df: pd.DataFrame, comp: pd.DataFrame) -> list[str]:
     """One sentence per benchmark: OnMKD against the best other trained row (by mean lead metric)."""
     lines = []
@@ -253,6 +286,17 @@ def dynamics_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _comparison_lines(comp: pd.DataFrame, bench: str) -> list[str]:
+    c = comp[comp["benchmark"] == bench] if len(comp) else comp
+    if not len(c):
+        return []
+    t = pd.DataFrame({"OnMKD −": c["baseline"], "role": c["role"],
+                      f"Δ {LEAD} [95 % CI]": [_ci(r) for r in c.to_dict("records")],
+                      "t p": [_p(p) for p in c["p_t"]], "Wilcoxon p": [_p(p) for p in c["p_wilcoxon"]],
+                      "Holm p": [_p(p) for p in c["p_holm"]], "questions": c["n"], "seeds": c["seeds"]})
+    return [_md(t), ""]
+
+
 def _machine() -> str:
     import torch
 
@@ -294,14 +338,26 @@ def build_findings_report(out: Path, report_dir: Path, *, command: str = "", log
     if df.empty:
         write_text(report_dir / "README.md", "# Findings\n\nNo run has finished yet.\n")
         return report_dir
-    for col in ("x", "seed", "student_steps", "train_steps_s", "kl", "top20_overlap", "dev"):
+    for col in ("x", "seed", "student_steps", "train_steps_s", "kl", "top20_overlap", "dev", "lr"):
         if col not in df:
             df[col] = np.nan
+    tuning = manifest.get("tuning", {})
+    everything = df
+    df, untuned = lr_views(everything, tuning)
     comp = comparisons(df, scores)
+    comp_untuned = comparisons(untuned, scores) if len(untuned) else pd.DataFrame()
+    # a benchmark whose picked rates are not all trained yet is judged at the configs' rate, and says so
+    waiting = [b for b in tuning if b not in set(comp.get("benchmark", [])) and len(comp_untuned)
+               and b in set(comp_untuned["benchmark"])]
     curves = curve_table(df, scores)
     seconds = json.loads((out / "seconds.json").read_text()) if (out / "seconds.json").exists() else {}
     lines = ["# Where does OnMKD help a small retriever?", ""]
-    lines += ["**Verdict.** " + (" ".join(verdict(df, comp)) if len(comp) else "no comparison has finished yet."), ""]
+    said = verdict(df, comp) if len(comp) else []
+    if waiting:
+        said += [line.replace("**:", " (at the configs' learning rate: the rows at the rates picked on dev have not "
+                              "finished)**:", 1)
+                 for line in verdict(untuned, comp_untuned[comp_untuned["benchmark"].isin(waiting)])]
+    lines += ["**Verdict.** " + (" ".join(said) if said else "no comparison has finished yet."), ""]
     lines += [f"Test metric {LEAD} (question by question; every row selected on dev alone, test searched over the whole "
               "corpus). A win or a loss needs the 95 % paired bootstrap interval of the difference to exclude 0; "
               "otherwise it is a tie. Many settings were compared: the Holm-adjusted p values below account for "
@@ -314,6 +370,8 @@ def build_findings_report(out: Path, report_dir: Path, *, command: str = "", log
               f"- Plan: `{manifest['plan']}`; budget overrides on every run: {', '.join(f'`{b}`' for b in manifest.get('budget', [])) or 'none'}",
               f"- Benchmarks: {', '.join(f'{k} (`{v}`)' for k, v in manifest['benchmarks'].items())}",
               f"- Seeds: {', '.join(str(s) for s in manifest['seeds'])}",
+              "- Learning rate: " + ("each main row's, picked on dev from the tuning runs (per benchmark below); the "
+                                     "curves and the settings keep their configs' rate" if tuning else "the configs'"),
               f"- Machine: {_machine()}",
               f"- Time: the runs of the plan{' this report selected' if manifest.get('selection_estimate') else ''} cost "
               f"about {manifest.get('selection_estimate', '?')} on this machine (every run priced at the rates measured "
@@ -324,19 +382,26 @@ def build_findings_report(out: Path, report_dir: Path, *, command: str = "", log
     figures = []
     for bench in manifest["benchmarks"]:
         table = main_table(df, bench)
-        if table.empty:
+        tt = tuning_table(tuning, bench)
+        old = main_table(untuned, bench) if bench in tuning and len(untuned) else pd.DataFrame()
+        if table.empty and old.empty and tt.empty:
             continue
-        lines += [f"## {bench}", "", "Mean ± sd over seeds. *student-steps*: training steps × students trained (the "
+        lines += [f"## {bench}", ""]
+        if len(tt):
+            e = next(iter(tuning[bench].values()))
+            lines += ["### Learning rate, picked on dev", "", f"Dev {e['metric']} of each row's selected student, trained "
+                      f"once per learning rate with seed {e['seed']} (rows that share a training config share these runs). "
+                      "The picked rate trains every seed of the row below.", "", _md(tt), ""]
+        lines += ["### Main table" + (" (learning rates picked on dev)" if bench in tuning else ""), "",
+                  "Mean ± sd over seeds. *student-steps*: training steps × students trained (the "
                   "compute-matched rows match OnMKD's); *train s*: measured seconds of those steps (wall time: it grows when other "
                   "work shares the machine, so student-steps are the measure to compare); *dev*: the selection split.", "",
                   _md(table), ""]
-        c = comp[comp["benchmark"] == bench] if len(comp) else comp
-        if len(c):
-            t = pd.DataFrame({"OnMKD −": c["baseline"], "role": c["role"],
-                              f"Δ {LEAD} [95 % CI]": [_ci(r) for r in c.to_dict("records")],
-                              "t p": [_p(p) for p in c["p_t"]], "Wilcoxon p": [_p(p) for p in c["p_wilcoxon"]],
-                              "Holm p": [_p(p) for p in c["p_holm"]], "questions": c["n"], "seeds": c["seeds"]})
-            lines += [_md(t), ""]
+        lines += _comparison_lines(comp, bench)
+        if len(old) and not old.equals(table):
+            lines += ["### At the configs' learning rate (not tuned)", "", "The same rows, each at its config's "
+                      "learning rate (Holm over this table's own family of comparisons).", "", _md(old), ""]
+            lines += _comparison_lines(comp_untuned, bench)
     if len(curves):
         fig = _curve_figure(curves, report_dir / "figures" / "onmkd_minus_dpr_by_epochs")
         figures += fig
@@ -357,8 +422,10 @@ def build_findings_report(out: Path, report_dir: Path, *, command: str = "", log
         lines += ["## Transfer", "", "Students trained on one benchmark, searching another's test set zero-shot.", "",
                   _md(tr), ""]
     write_text(report_dir / "README.md", "\n".join(lines))
-    df.drop(columns=[c for c in ("overlap_by_epoch",) if c in df]).to_csv(report_dir / "results.csv", index=False)
-    if len(comp):
-        comp.to_csv(report_dir / "comparisons.csv", index=False)
+    everything.drop(columns=[c for c in ("overlap_by_epoch",) if c in everything]).to_csv(report_dir / "results.csv", index=False)
+    if len(comp) or len(comp_untuned):
+        both = [c.assign(learning_rate=kind) for c, kind in ((comp, "picked on dev" if tuning else "config"),
+                                                             (comp_untuned, "config")) if len(c)]
+        pd.concat(both, ignore_index=True).to_csv(report_dir / "comparisons.csv", index=False)
     log(f"findings report -> {report_dir / 'README.md'}")
     return report_dir
