@@ -1,12 +1,14 @@
 """Does the findings plan's 128-token passage budget change how its rows rank against 256 tokens?
 
-    python experiments/passage_length.py runs/findings --benchmark nq-qed --seed 0
+    python experiments/passage_length.py runs/findings --benchmark nq-qed --seed 0 [--lr 5e-5]
 
 Takes the finished main-table students of one benchmark and seed from a findings folder (trained
 with passages of ``data.p_max_len`` tokens, 128 in experiments/findings.toml), evaluates each on
 the test split again with passages of 256 tokens (the students' training length is unchanged: this
 checks the evaluation length only), and compares the order of the rows by MRR@10 and acc@20
-(Kendall's tau, and whether the best row is the same). Writes
+(Kendall's tau, and whether the best row is the same), with the share of the corpus's passages that
+128 tokens cut (the check can only matter for those). ``--lr`` picks the rows trained at one learning
+rate when the folder has rows at several (a tuned plan). Writes
 ``reports/findings/passage_length.{md,json}`` beside the findings report.
 """
 
@@ -33,13 +35,23 @@ def main() -> None:
     ap.add_argument("--benchmark", required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--length", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=None, help="only rows trained at this learning rate")
     ap.add_argument("--out", type=Path, default=Path("reports/findings"))
     args = ap.parse_args()
     man = json.loads((args.findings / "manifest.json").read_text())
     rows = [r for r in man["runs"] if r.get("table") == "main" and r.get("benchmark") == args.benchmark
             and r.get("test_on") == args.benchmark and r.get("seed") == args.seed and r["path"].startswith("runs/")]
+    for r in rows:  # a manifest written before rows carried their learning rate: the run's config has it
+        r.setdefault("lr", json.loads(((args.findings / r["path"]).parent / "config.json").read_text())["train"]["lr"])
+    if args.lr is not None:
+        rows = [r for r in rows if abs(r["lr"] - args.lr) <= 1e-12]
     if not rows:
-        raise SystemExit(f"{args.findings}: no finished main-table run of {args.benchmark} with seed {args.seed}")
+        raise SystemExit(f"{args.findings}: no finished main-table run of {args.benchmark} with seed {args.seed}"
+                         + (f" at learning rate {args.lr:g}" if args.lr is not None else ""))
+    labels = [r["label"] for r in rows]
+    if len(set(labels)) != len(labels):
+        rates = ", ".join(sorted({str(r.get("lr")) for r in rows}))
+        raise SystemExit(f"{args.findings}: rows of {args.benchmark} at several learning rates ({rates}): pick one with --lr")
     data = load_dataset(man["benchmarks"][args.benchmark])
     table = []
     for r in rows:
@@ -55,6 +67,13 @@ def main() -> None:
         table.append({"row": r["label"], **{f"{k} @{cfg.data.p_max_len}": short.get(k) for k in METRICS},
                       **{f"{k} @{args.length}": m.get(k) for k in METRICS}, "short": cfg.data.p_max_len})
     short_len = table[0]["short"]
+    from onmkd.data import passage_text
+    from onmkd.retrieval.evaluate import load_retriever
+
+    tok = load_retriever(str((args.findings / rows[0]["path"]).parent / "student")).passage.tokenizer
+    texts = [passage_text(p, cfg.data.titles) for p in data.corpus.values()]
+    lengths = [len(ids) for ids in tok(texts, add_special_tokens=True)["input_ids"]]
+    cut = {n: sum(x > n for x in lengths) / len(lengths) for n in (short_len, args.length)}
     summary = {}
     for k in METRICS:
         a = [t[f"{k} @{short_len}"] for t in table]
@@ -64,12 +83,14 @@ def main() -> None:
         tau = kendalltau(a, b)
         summary[k] = {"kendall_tau": float(tau.statistic), "p": float(tau.pvalue),
                       "best_short": table[a.index(max(a))]["row"], "best_long": table[b.index(max(b))]["row"]}
-    cmd = f"python experiments/passage_length.py {args.findings} --benchmark {args.benchmark} --seed {args.seed} --length {args.length}"
+    cmd = (f"python experiments/passage_length.py {args.findings} --benchmark {args.benchmark} --seed {args.seed} "
+           f"--length {args.length}" + (f" --lr {args.lr:g}" if args.lr is not None else ""))
     write_json(args.out / "passage_length.json", {"command": cmd, "benchmark": args.benchmark, "seed": args.seed,
-                                                  "rows": table, "summary": summary})
+                                                  "passages": len(lengths), "share_cut": cut, "rows": table, "summary": summary})
     lines = [f"# Passage length: {short_len} against {args.length} tokens at test time ({args.benchmark}, seed {args.seed})", "",
              f"Produced by `{cmd}`. The students were trained with {short_len}-token passages; only the test "
-             f"encoding length changes.", "", "| row | " + " | ".join(f"{k} @{short_len} | {k} @{args.length}" for k in METRICS) + " |",
+             f"encoding length changes. Of the corpus's {len(lengths)} passages, {cut[short_len]:.1%} are longer than "
+             f"{short_len} tokens and {cut[args.length]:.1%} longer than {args.length}.", "", "| row | " + " | ".join(f"{k} @{short_len} | {k} @{args.length}" for k in METRICS) + " |",
              "|---|" + "---|" * (2 * len(METRICS))]
     for t in table:
         lines.append(f"| {t['row']} | " + " | ".join(f"{t[f'{k} @{short_len}']:.4f} | {t[f'{k} @{args.length}']:.4f}"

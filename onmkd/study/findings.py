@@ -423,7 +423,7 @@ def run_findings(plan: Findings, out: Path, *, seeds: tuple[int, ...] | None = N
         n_train, n, n_dev = sizes[job.row.benchmark]
         if job.kind == "tune":
             return run_units(job.cfg, n_train, 0, n_dev)
-        if job.kind == "train" and not job.undecided and not _trained(out, job.cfg):
+        if job.kind == "train" and (job.undecided or not _trained(out, job.cfg)):
             return run_units(job.cfg, n_train, n, n_dev)
         return 0.0, float(sizes[job.test_on or job.row.benchmark][1])
 
@@ -571,13 +571,17 @@ def _rates(out: Path, todo: list[Job], sizes: dict, seconds: dict, split: str) -
     measured, predicted, n = 0.0, 0.0, 0
     seen: set[str] = set()
     for job in todo:
-        key = _key(out, job, split) if job.kind in ("train", "tune") and not job.undecided else None
-        if key is None or key not in seconds or key in seen:
+        if job.kind not in ("train", "tune") or job.undecided:
+            continue
+        key, full = _key(out, job, split), job.kind == "train"
+        if not full and key not in seconds and f"{key}/{split}" in seconds:  # trained and tested as a main run
+            key, full = f"{key}/{split}", True
+        if key not in seconds or key in seen:
             continue
         seen.add(key)
         measured += seconds[key]
         n_train, n_passages, n_dev = sizes[job.row.benchmark]
-        predicted += prior.seconds(run_units(job.cfg, n_train, 0 if job.kind == "tune" else n_passages, n_dev))
+        predicted += prior.seconds(run_units(job.cfg, n_train, n_passages if full else 0, n_dev))
         n += 1
     if not n:
         return prior
