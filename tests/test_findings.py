@@ -190,6 +190,23 @@ def test_findings_plan_trains_each_run_once_resumes_and_compares_question_by_que
     mean = lambda label: {q: np.mean([scores[p][q]["mrr@10"] for p in paths(label)]) for q in scores[paths(label)[0]]}  # noqa: E731
     a, b = stats.paired_scores(mean("OnMKD"), mean("DPR"))
     assert row["mean_diff"] == pytest.approx(np.mean(a) - np.mean(b), abs=1e-12)
+    # experiments/passage_length.py: the same students tested with longer passages, rows of one rate
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "experiments" / "passage_length.py"
+    res = subprocess.run([sys.executable, str(script), str(out), "--benchmark", "b", "--seed", "0", "--lr", "1e-3",
+                          "--length", "64", "--out", str(tmp_path / "pl")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    pl = json.loads((tmp_path / "pl" / "passage_length.json").read_text())
+    assert [r["row"] for r in pl["rows"]] == ["DPR", "OnMKD", "DPR, 2x steps", "Independent peers"]  # not the ensemble
+    metrics = lambda r: json.loads((out / by[("b", "main", r["row"], "b", None, 0)]["path"] / "metrics.json").read_text())  # noqa: E731
+    assert all(r["mrr@10 @32"] == metrics(r)["mrr@10"] for r in pl["rows"])
+    assert 0 <= pl["share_cut"]["64"] <= pl["share_cut"]["32"] <= 1 and pl["passages"] > 0
+    res = subprocess.run([sys.executable, str(script), str(out), "--benchmark", "b", "--seed", "0", "--lr", "5e-5"],
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and "no finished main-table run of b with seed 0 at learning rate 5e-05" in res.stderr
     readme = (tmp_path / "report" / "README.md").read_text()
     for text in ("**Verdict.** **a**: OnMKD", "## Training length", "## Transfer", "## OnMKD's settings", "Holm", "student-steps",
                  "### Learning rate, picked on dev", "### Main table (learning rates picked on dev)"):
