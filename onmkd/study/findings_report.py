@@ -361,7 +361,8 @@ def build_findings_report(out: Path, report_dir: Path, *, command: str = "", log
     lines += [f"Test metric {LEAD} (question by question; every row selected on dev alone, test searched over the whole "
               "corpus). A win or a loss needs the 95 % paired bootstrap interval of the difference to exclude 0; "
               "otherwise it is a tie. Many settings were compared: the Holm-adjusted p values below account for "
-              "the family of main-table comparisons.", ""]
+              "the family of main-table comparisons (with [tuning], the tables at the picked rates form one family and "
+              "those at the configs' rate another).", ""]
     pending = manifest.get("pending", [])
     lines += ["## How these numbers were made", "",
               "- Commands that made these runs (in order; each resumes the runs before it): "
