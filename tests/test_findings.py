@@ -281,4 +281,4 @@ def test_the_shipped_findings_plan_loads_with_every_control_on_every_benchmark()
         assert {(r.config.data, r.config.train.batch_size, r.config.train.lr) for r in main.values()} == {(on.data, 32, on.train.lr)}
     assert {r.x for r in plan.rows if r.table == "curve"} == {1.0, 2.0, 4.0}
     # every row tunes its learning rate on the same grid, which holds the configs' own (their finished runs count)
-    assert plan.tuning.benchmarks == tuple(plan.benchmarks) and on.train.lr in plan.tuning.lrs and len(plan.tuning.lrs) == 3
+    assert plan.tuning.benchmarks == tuple(plan.benchmarks) and on.train.lr in plan.tuning.lrs and len(plan.tuning.lrs) == 4

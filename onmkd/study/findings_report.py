@@ -198,7 +198,10 @@ def tuning_table(tuning: dict, bench: str) -> pd.DataFrame:
         row = {"row": label}
         for lr, v in e["dev"].items():
             row[f"lr {float(lr):g}"] = "–" if v is None else f"{v:.3f}"
-        row["picked"] = f"{e['chosen']:g}" if e["chosen"] is not None else "waiting for its runs"
+        grid = sorted(float(x) for x in e["dev"])
+        edge = e["chosen"] is not None and len(grid) > 1 and e["chosen"] in (grid[0], grid[-1])
+        row["picked"] = (f"{e['chosen']:g}" + (" (grid edge: the best rate may lie beyond it)" if edge else "")
+                         if e["chosen"] is not None else "waiting for its runs")
         out.append(row)
     if not out:
         return pd.DataFrame()
