@@ -24,6 +24,7 @@ from scipy.stats import kendalltau
 from onmkd.config import from_dict
 from onmkd.data import load_dataset
 from onmkd.io import write_json, write_text
+from onmkd.study.findings import row_lr
 from onmkd.study.runs import test_evaluate
 
 METRICS = ("mrr@10", "acc@20", "ndcg@10")
@@ -41,8 +42,9 @@ def main() -> None:
     man = json.loads((args.findings / "manifest.json").read_text())
     rows = [r for r in man["runs"] if r.get("table") == "main" and r.get("benchmark") == args.benchmark
             and r.get("test_on") == args.benchmark and r.get("seed") == args.seed and r["path"].startswith("runs/")]
-    for r in rows:  # a manifest written before rows carried their learning rate: the run's config has it
-        r.setdefault("lr", json.loads(((args.findings / r["path"]).parent / "config.json").read_text())["train"]["lr"])
+    for r in rows:  # a manifest written before rows carried their learning rate
+        if "lr" not in r:
+            r["lr"] = row_lr(args.findings, r)
     if args.lr is not None:
         rows = [r for r in rows if abs(r["lr"] - args.lr) <= 1e-12]
     if not rows:

@@ -324,9 +324,8 @@ def jobs(plan: Findings, seeds: tuple[int, ...], benchmarks: tuple[str, ...], ch
     for table in TABLES:
         if table == "tuning":
             for b in (b for b in benchmarks if b in tuned):
-                for row in rows("main", b):
-                    out += [Job(row.with_lr(lr), plan.tuning.seed, "tune", row.with_lr(lr).member_configs(plan.tuning.seed)[0])
-                            for lr in plan.tuning.lrs]
+                for tried in (r.with_lr(lr) for r in rows("main", b) for lr in plan.tuning.lrs):
+                    out.append(Job(tried, plan.tuning.seed, "tune", tried.member_configs(plan.tuning.seed)[0]))
             continue
         for seed in seeds:
             for b in benchmarks:
@@ -649,6 +648,14 @@ def _describe(job: Job) -> str:
     return f"{where}: {row.table}: {row.label}{epochs}, seed {job.seed}"
 
 
+def row_lr(out: Path, row: dict) -> float | None:
+    """The learning rate a manifest row's student was trained at, from its run's config (rows
+    written before rows carried it); None for an encoder as released."""
+    run = row["member_runs"][0] if row.get("member_runs") else str(Path(row["path"]).parent) if row["path"].startswith("runs/") else None
+    cfg = out / run / "config.json" if run else None
+    return json.loads(cfg.read_text())["train"]["lr"] if cfg and cfg.exists() else None
+
+
 def _write_manifest(plan: Findings, out: Path, rows: list[dict], *, command: str = "", pending: list[str] = (),
                     estimate: str = "", whole: str = "", tuning: dict | None = None) -> None:
     """This invocation's rows and earlier invocations' (:func:`onmkd.study.paper.merged_rows`), every
@@ -656,11 +663,9 @@ def _write_manifest(plan: Findings, out: Path, rows: list[dict], *, command: str
     before = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
     commands = before.get("commands", []) + ([command] if command and command not in before.get("commands", []) else [])
     rows = merged_rows(before, rows)
-    for r in rows:  # rows written before rows carried their learning rate: read it from the run's config
+    for r in rows:
         if "lr" not in r:
-            run = r["member_runs"][0] if r.get("member_runs") else str(Path(r["path"]).parent) if r["path"].startswith("runs/") else None
-            cfg = out / run / "config.json" if run else None
-            r["lr"] = json.loads(cfg.read_text())["train"]["lr"] if cfg and cfg.exists() else None
+            r["lr"] = row_lr(out, r)
     write_json(out / "manifest.json", {"kind": "findings", "plan": plan.source, "split": plan.split,
                                        "benchmarks": plan.benchmarks, "budget": list(plan.budget),
                                        "seeds": sorted({r["seed"] for r in rows if r.get("seed") is not None}),

@@ -210,15 +210,16 @@ def tuning_table(tuning: dict, bench: str) -> pd.DataFrame:
     return t[["row", *lrs, "picked"]].fillna("–")
 
 
-def verdict(df: pd.DataFrame, comp: pd.DataFrame) -> list[str]:
-    """One sentence per benchmark: OnMKD against the best other trained row (by mean lead metric)."""
+def verdict(df: pd.DataFrame, comp: pd.DataFrame, qualifier: str = "") -> list[str]:
+    """One sentence per benchmark: OnMKD against the best other trained row (by mean lead metric);
+    ``qualifier`` follows the benchmark's name (e.g. which learning rates the rows were trained at)."""
     lines = []
     for bench, g in comp.groupby("benchmark", sort=False):
         best = g.loc[g["baseline mean"].idxmax()]
         dpr = g[g["baseline"] == "DPR"]
         onmean = pd.to_numeric(df[(df["benchmark"] == bench) & (df["role"] == "onmkd") & (df["table"] == "main")
                                   & (df["test_on"] == bench)][LEAD]).mean()
-        text = (f"**{bench}**: OnMKD {_outcome(best)} the best other row, {best['baseline']} "
+        text = (f"**{bench}{qualifier}**: OnMKD {_outcome(best)} the best other row, {best['baseline']} "
                 f"({LEAD} {onmean:.3f} vs {best['baseline mean']:.3f}; OnMKD − it {_ci(best)}, 95 % CI over "
                 f"{int(best['n'])} questions, {int(best['seeds'])} seeds averaged; paired t p = {_p(best['p_t'])}, "
                 f"Holm-adjusted {_p(best['p_holm'])})")
@@ -357,9 +358,8 @@ def build_findings_report(out: Path, report_dir: Path, *, command: str = "", log
     lines = ["# Where does OnMKD help a small retriever?", ""]
     said = verdict(df, comp) if len(comp) else []
     if waiting:
-        said += [line.replace("**:", " (at the configs' learning rate: the rows at the rates picked on dev have not "
-                              "finished)**:", 1)
-                 for line in verdict(untuned, comp_untuned[comp_untuned["benchmark"].isin(waiting)])]
+        said += verdict(untuned, comp_untuned[comp_untuned["benchmark"].isin(waiting)],
+                        " (at the configs' learning rate: the rows at the rates picked on dev have not finished)")
     lines += ["**Verdict.** " + (" ".join(said) if said else "no comparison has finished yet."), ""]
     lines += [f"Test metric {LEAD} (question by question; every row selected on dev alone, test searched over the whole "
               "corpus). A win or a loss needs the 95 % paired bootstrap interval of the difference to exclude 0; "
